@@ -1,0 +1,118 @@
+"""Reading and writing weight files and training checkpoints.
+
+Every load uses ``torch.load(..., weights_only=True)``: a checkpoint can never run code. Writes are atomic
+(temporary file in the same folder, fsync, rename), so a crash mid-write never leaves a broken file.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Iterable, Mapping
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_module_prefix",
+           "load_model_weights", "save_checkpoint", "atomic_write_bytes"]
+
+
+class CheckpointError(ValueError):
+    """A weight file or checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def load_checkpoint(path: str | PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a ``.pth`` / ``.pth.tar`` safely (weights only) and return the stored object."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused by the weights-only loader (it holds objects or code that a "
+                              f"weight file must not carry): {first}") from None
+    except Exception as exc:  # the unpickler raises many types on a corrupt file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch weight file ({first})") from None
+
+
+def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` prefix that DDP / DataParallel add to every key."""
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def state_dict_from(obj: Any, path: str | PathLike = "<memory>") -> dict[str, torch.Tensor]:
+    """The model state dict inside a bare state dict or a training checkpoint (``state_dict`` key)."""
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: not a state dict or a checkpoint with a 'state_dict' "
+                              f"(found {type(obj).__name__})")
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{path}: not a state dict: {len(not_tensors)} entries are not tensors "
+                              f"(first: {not_tensors[0]!r})")
+    return strip_module_prefix(obj)
+
+
+def _abbreviate(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_model_weights(model: nn.Module, path: str | PathLike, *, skip_prefixes: Iterable[str] = (),
+                       map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load ``path`` into ``model`` strictly, except for keys under ``skip_prefixes`` (e.g. a fresh head).
+
+    Raises :class:`CheckpointError` listing the missing, unexpected and mis-shaped keys when the file does
+    not fit. Returns the state dict that was read.
+    """
+    skip = tuple(skip_prefixes)
+    loaded = state_dict_from(load_checkpoint(path, map_location), path)
+    own = model.state_dict()
+    keep = lambda k: not (skip and k.startswith(skip))  # noqa: E731
+    missing = [k for k in own if keep(k) and k not in loaded]
+    unexpected = [k for k in loaded if keep(k) and k not in own]
+    misshaped = [f"{k} (file {tuple(loaded[k].shape)}, model {tuple(own[k].shape)})"
+                 for k in own if keep(k) and k in loaded and loaded[k].shape != own[k].shape]
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_abbreviate(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_abbreviate(unexpected)}")
+        if misshaped:
+            parts.append(f"mis-shaped keys: {_abbreviate(misshaped)}")
+        raise CheckpointError(f"{path}: does not fit the model; " + "; ".join(parts))
+    model.load_state_dict({k: v for k, v in loaded.items() if keep(k)}, strict=not skip)
+    return loaded
+
+
+def atomic_write_bytes(path: str | PathLike, write: callable) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_checkpoint(obj: Any, path: str | PathLike) -> None:
+    """``torch.save`` atomically; ``obj`` must hold only tensors and plain data (weights-only loadable)."""
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))

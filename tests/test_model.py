@@ -1,0 +1,150 @@
+"""The model against Cadene's pretrainedmodels and timm's legacy_seresnext50_32x4d."""
+import pickle
+
+import pytest
+import torch
+
+from senet import se_resnext50_32x4d
+from seresnext.checkpoint import CheckpointError, load_model_weights, save_checkpoint
+
+torch.set_num_threads(2)
+
+
+def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Seeded random weights and BatchNorm statistics, so that every layer changes the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+            elif name.endswith(("running_mean", "bias")):
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
+            elif name.endswith("weight") and tensor.dim() == 1:  # BatchNorm scale
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) * 0.5 + 0.75)
+            else:
+                fan_in = tensor[0].numel()
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return randomize(se_resnext50_32x4d(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def references():
+    pretrainedmodels = pytest.importorskip("pretrainedmodels")
+    timm = pytest.importorskip("timm")
+    return {
+        "pretrainedmodels": pretrainedmodels.se_resnext50_32x4d(num_classes=1000, pretrained=None).eval(),
+        "timm": timm.create_model("legacy_seresnext50_32x4d", pretrained=False).eval(),
+    }
+
+
+def test_state_dict_layout_matches_cadene(ours):
+    sd = ours.state_dict()
+    assert len(sd) == 384
+    assert sum(p.numel() for p in ours.parameters()) == 27_559_896
+    for key in ("layer0.conv1.weight", "layer0.bn1.running_var", "layer1.0.downsample.0.weight",
+                "layer1.0.downsample.1.num_batches_tracked", "layer4.2.se_module.fc2.bias", "last_linear.weight"):
+        assert key in sd
+
+
+@pytest.mark.parametrize("name", ["pretrainedmodels", "timm"])
+def test_state_dicts_interchange_strictly(ours, references, name):
+    ref = references[name]
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    other = randomize(se_resnext50_32x4d(), seed=1)
+    other.load_state_dict(ref.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("name", ["pretrainedmodels", "timm"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_logits_match_reference(ours, references, name, batch):
+    ref = references[name]
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        expected, got = ref(x), ours(x)
+    scale = expected.std()
+    assert scale > 0
+    diff = ((got - expected).abs().max() / scale).item()
+    assert diff < 1e-5, f"{name} batch {batch}: max abs diff {diff:.3g} (logits scaled to unit std)"
+
+
+def test_other_input_sizes_and_class_counts():
+    model = se_resnext50_32x4d(num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+        assert model(torch.randn(1, 3, 288, 256)).shape == (1, 7)
+
+
+def test_pretrained_loads_bare_state_dict_and_ddp_checkpoint(tmp_path, ours):
+    bare = tmp_path / "se_resnext50_32x4d-a260b3a4.pth"
+    torch.save(ours.state_dict(), bare)
+    wrapped = tmp_path / "model_best.pth.tar"
+    save_checkpoint({"epoch": 3, "best_acc1": 1.0,
+                     "state_dict": {"module." + k: v for k, v in ours.state_dict().items()}}, wrapped)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = ours(x)
+        for path in (bare, wrapped):
+            got = se_resnext50_32x4d(pretrained=path).eval()(x)
+            assert torch.equal(got, expected)
+
+
+def test_mismatched_weights_name_missing_unexpected_and_misshaped_keys(tmp_path, ours):
+    sd = dict(ours.state_dict())
+    sd.pop("layer2.0.conv1.weight")
+    sd["extra.weight"] = torch.zeros(1)
+    sd["last_linear.weight"] = torch.zeros(10, 2048)
+    path = tmp_path / "bad.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError) as err:
+        se_resnext50_32x4d(pretrained=path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "missing keys: layer2.0.conv1.weight" in message
+    assert "unexpected keys: extra.weight" in message
+    assert "last_linear.weight (file (10, 2048), model (1000, 2048))" in message
+
+
+def test_fresh_head_skips_last_linear(tmp_path, ours):
+    path = tmp_path / "w.pth"
+    torch.save(ours.state_dict(), path)
+    model = se_resnext50_32x4d(num_classes=5)
+    load_model_weights(model, path, skip_prefixes=("last_linear.",))
+    assert torch.equal(model.layer0.conv1.weight, ours.layer0.conv1.weight)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("pickle-with-code", "refused by the weights-only loader"),
+    ("not-a-dict", "not a state dict"),
+    ("garbage", "not a readable PyTorch weight file"),
+])
+def test_bad_weight_files_get_one_line_errors(tmp_path, content, expected, capfd):
+    path = tmp_path / f"{content}.pth"
+    if content == "pickle-with-code":
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "evil": Payload()}, path)
+    elif content == "not-a-dict":
+        torch.save([torch.zeros(1)], path)
+    else:
+        path.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError) as err:
+        se_resnext50_32x4d(pretrained=path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+    assert "\n" not in str(err.value)
+    assert "code ran" not in capfd.readouterr().out
+
+
+def test_missing_weight_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        se_resnext50_32x4d(pretrained=tmp_path / "nope.pth")
