@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
 __all__ = ["npu_available", "cuda_available", "default_device_type", "normalize_device_type",
-           "make_device", "device_count", "synchronize", "dist_backend_for", "DEVICE_TYPES"]
+           "make_device", "device_count", "synchronize", "dist_backend_for", "DEVICE_TYPES",
+           "AMP_DTYPES", "OPT_LEVELS", "Precision", "StaticGradScaler", "default_amp_dtype", "parse_loss_scale",
+           "resolve_precision"]
 
 DEVICE_TYPES = ("cpu", "cuda", "npu")
 
@@ -87,3 +90,106 @@ def synchronize(device: torch.device) -> None:
 
 def dist_backend_for(device_type: str) -> str:
     return {"npu": "hccl", "cuda": "nccl"}.get(device_type, "gloo")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mixed precision: upstream's apex flags (--amp --opt-level --loss-scale-value) mapped onto torch.amp.
+# ---------------------------------------------------------------------------------------------------------
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+OPT_LEVELS = ("O0", "O1", "O2", "O3")
+
+
+def default_amp_dtype(device_type: str) -> torch.dtype:
+    """float16 where the hardware has fast fp16 with loss scaling (cuda, npu); bfloat16 on cpu."""
+    return torch.bfloat16 if device_type == "cpu" else torch.float16
+
+
+def parse_loss_scale(value: str | float | int | None) -> float | None:
+    """``--loss-scale-value``: a positive number is a static scale, ``dynamic`` (or None) a dynamic one."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "dynamic"):
+        return None
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--loss-scale-value {value!r}: expected a positive number or 'dynamic'") from None
+    if not scale > 0 or scale == float("inf"):
+        raise ValueError(f"--loss-scale-value {value!r}: expected a positive number or 'dynamic'")
+    return scale
+
+
+class StaticGradScaler(torch.amp.GradScaler):
+    """A GradScaler whose scale never moves: apex's static ``loss_scale``.
+
+    Steps whose gradients hold inf/NaN are still skipped (unlike apex's static mode, which applied them).
+    """
+
+    def __init__(self, device: str, scale: float):
+        super().__init__(device, init_scale=scale)
+        self.static_scale = float(scale)
+
+    def update(self, new_scale: float | torch.Tensor | None = None) -> None:
+        super().update(self.static_scale if new_scale is None else new_scale)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a step runs: the autocast dtype (None: plain fp32) and, for float16, the loss scaling.
+
+    Parameters, gradients, optimizer state and BatchNorm statistics always stay float32: autocast only runs
+    selected ops (convolutions, matmuls) in the low-precision dtype, which is what apex O1 did and what O2's
+    "keep BatchNorm in fp32" asked for.
+    """
+
+    device_type: str
+    dtype: torch.dtype | None = None
+    loss_scale: float | None = None  # static scale; None means dynamic (only used with float16)
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+    @property
+    def uses_scaler(self) -> bool:
+        return self.dtype == torch.float16
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context for forward passes (a no-op context when AMP is off)."""
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.enabled)
+
+    def make_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler: static or dynamic for float16, disabled (a pass-through) otherwise."""
+        if not self.uses_scaler:
+            return torch.amp.GradScaler(self.device_type, enabled=False)
+        if self.loss_scale is not None:
+            return StaticGradScaler(self.device_type, self.loss_scale)
+        return torch.amp.GradScaler(self.device_type)
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "float32 (AMP off)"
+        name = str(self.dtype).replace("torch.", "")
+        if not self.uses_scaler:
+            return f"autocast {name} on {self.device_type}, no loss scaling"
+        scale = "dynamic" if self.loss_scale is None else f"static {self.loss_scale:g}"
+        return f"autocast {name} on {self.device_type}, {scale} loss scale"
+
+
+def resolve_precision(device_type: str, amp: bool, opt_level: str | None = None, amp_dtype: str | None = None,
+                      loss_scale_value: str | float | None = None) -> Precision:
+    """Map upstream's apex flags to :class:`Precision`.
+
+    ``--amp`` with ``--opt-level`` O1/O2/O3 (or none) turns on autocast; O0 keeps fp32, as in apex. The dtype
+    follows the device (float16 on cuda/npu, bfloat16 on cpu) unless ``--amp-dtype`` names one, which also
+    turns AMP on. float16 gets a GradScaler: static when ``--loss-scale-value`` is a number, dynamic for
+    ``dynamic``.
+    """
+    if opt_level is not None and opt_level not in OPT_LEVELS:
+        raise ValueError(f"--opt-level {opt_level!r}: expected one of {', '.join(OPT_LEVELS)}")
+    if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"--amp-dtype {amp_dtype!r}: expected float16 or bfloat16")
+    loss_scale = parse_loss_scale(loss_scale_value)
+    if not (amp or amp_dtype) or opt_level == "O0":
+        return Precision(device_type)
+    dtype = AMP_DTYPES[amp_dtype] if amp_dtype else default_amp_dtype(device_type)
+    return Precision(device_type, dtype, loss_scale if dtype == torch.float16 else None)
