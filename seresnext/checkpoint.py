@@ -2,9 +2,17 @@
 
 Every load uses ``torch.load(..., weights_only=True)``: a checkpoint can never run code. Writes are atomic
 (temporary file in the same folder, fsync, rename), so a crash mid-write never leaves a broken file.
+
+A training checkpoint (``checkpoint.pth.tar``, copied to ``model_best.pth.tar`` when top-1 improves) is a dict
+with upstream's keys ``epoch`` (the next epoch to run), ``state_dict`` (the unwrapped model, no ``module.``
+prefix), ``best_acc1`` and ``optimizer``, plus ``scaler`` (GradScaler state), ``args`` (the command line as
+plain data), ``epoch_step`` (steps of ``epoch`` already done: non-zero only when a run was interrupted
+mid-epoch), ``global_step``, ``arch``, ``num_classes``, ``classes`` (folder names, e.g. WNIDs) and
+``class_names`` (human-readable names, for demo scripts).
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -17,7 +25,13 @@ import torch
 from torch import nn
 
 __all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_module_prefix",
-           "load_model_weights", "save_checkpoint", "atomic_write_bytes"]
+           "load_model_weights", "apply_state_dict", "save_checkpoint", "atomic_write_bytes", "CHECKPOINT_NAME", "BEST_NAME",
+           "TRAINING_KEYS", "plain_data", "save_training_checkpoint", "load_training_checkpoint",
+           "find_latest_checkpoint"]
+
+CHECKPOINT_NAME = "checkpoint.pth.tar"
+BEST_NAME = "model_best.pth.tar"
+TRAINING_KEYS = ("epoch", "state_dict", "best_acc1", "optimizer")
 
 
 class CheckpointError(ValueError):
@@ -73,8 +87,16 @@ def load_model_weights(model: nn.Module, path: str | PathLike, *, skip_prefixes:
     Raises :class:`CheckpointError` listing the missing, unexpected and mis-shaped keys when the file does
     not fit. Returns the state dict that was read.
     """
-    skip = tuple(skip_prefixes)
     loaded = state_dict_from(load_checkpoint(path, map_location), path)
+    apply_state_dict(model, loaded, path, skip_prefixes=skip_prefixes)
+    return loaded
+
+
+def apply_state_dict(model: nn.Module, loaded: Mapping[str, torch.Tensor], path: str | PathLike = "<memory>", *,
+                     skip_prefixes: Iterable[str] = ()) -> None:
+    """Load an already-read state dict into ``model`` with the checks of :func:`load_model_weights`."""
+    skip = tuple(skip_prefixes)
+    loaded = strip_module_prefix(loaded)
     own = model.state_dict()
     keep = lambda k: not (skip and k.startswith(skip))  # noqa: E731
     missing = [k for k in own if keep(k) and k not in loaded]
@@ -91,7 +113,6 @@ def load_model_weights(model: nn.Module, path: str | PathLike, *, skip_prefixes:
             parts.append(f"mis-shaped keys: {_abbreviate(misshaped)}")
         raise CheckpointError(f"{path}: does not fit the model; " + "; ".join(parts))
     model.load_state_dict({k: v for k, v in loaded.items() if keep(k)}, strict=not skip)
-    return loaded
 
 
 def atomic_write_bytes(path: str | PathLike, write: callable) -> None:
@@ -116,3 +137,54 @@ def atomic_write_bytes(path: str | PathLike, write: callable) -> None:
 def save_checkpoint(obj: Any, path: str | PathLike) -> None:
     """``torch.save`` atomically; ``obj`` must hold only tensors and plain data (weights-only loadable)."""
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` made of str/int/float/bool/None/list/dict only (e.g. ``vars(args)``), so that the
+    weights-only loader accepts it; anything else becomes its ``str``."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    if isinstance(value, PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def save_training_checkpoint(state: Mapping[str, Any], output_dir: str | PathLike, is_best: bool) -> Path:
+    """Write ``<output_dir>/checkpoint.pth.tar`` and, when ``is_best``, ``model_best.pth.tar``, both atomically.
+
+    The object is serialised once and the same bytes go to both files. Returns the checkpoint path.
+    """
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    data = buffer.getbuffer()
+    if is_best:  # written first, so that checkpoint.pth.tar is always the newest file
+        atomic_write_bytes(Path(output_dir) / BEST_NAME, lambda f: f.write(data))
+    path = Path(output_dir) / CHECKPOINT_NAME
+    atomic_write_bytes(path, lambda f: f.write(data))
+    return path
+
+
+def load_training_checkpoint(path: str | PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint (weights only) and check that it has upstream's keys."""
+    obj = load_checkpoint(path, map_location)
+    if not isinstance(obj, Mapping) or "state_dict" not in obj:
+        raise CheckpointError(f"{path}: not a training checkpoint (no 'state_dict'); a bare weight file is used "
+                              f"with --pretrained, not --resume")
+    missing = [k for k in ("epoch", "state_dict") if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
+    return dict(obj)
+
+
+def find_latest_checkpoint(output_dir: str | PathLike) -> Path | None:
+    """The newest training checkpoint in ``output_dir`` (``checkpoint.pth.tar`` or ``model_best.pth.tar``),
+    or None; ``checkpoint.pth.tar`` wins a tie, being at least as far along."""
+    folder = Path(output_dir)
+    candidates = [p for p in (folder / CHECKPOINT_NAME, folder / BEST_NAME) if p.is_file()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name == CHECKPOINT_NAME))
