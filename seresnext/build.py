@@ -1,0 +1,310 @@
+"""The ONNX Runtime stand-in for Ascend's ``atc``: ONNX model -> deployable ONNX model for the runner.
+
+It takes atc's own flags (``--model --framework=5 --output --input_format=NCHW --input_shape="image:16,3,224,224"
+--insert_op_conf=<aipp config> --log --soc_version``), so ``se_resnext50_32x4d_atc.sh`` passes the same
+command line to whichever is installed. What it does, in order:
+
+1. fixes the input shape (static batch, as ``atc`` does) and checks it against the model;
+2. ``--precision=int8``: static int8 quantization (QDQ, per-channel weights) calibrated on ``.bin`` files
+   from ``--calib_dir`` (ONNX Runtime's quantization tool);
+3. ``--insert_op_conf``: compiles the AIPP config into ONNX operators in front of the model
+   (:mod:`seresnext.aipp`);
+4. runs ONNX Runtime's graph optimizations once and saves the result (offline mode), at the extended level
+   for the target execution provider: the runner then does not redo them at every start. Layout
+   optimizations are hardware specific and stay online (ONNX Runtime's docs);
+5. checks the built model against the source on a random batch (fp32: max abs diff; int8: top-1
+   agreement) and writes ``<output>.onnx`` atomically, with what was done in its metadata.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .aipp import AIPP_METADATA_KEY, insert_aipp, load_aipp_config
+from .formats import atomic_write, read_bin
+
+__all__ = ["BuildError", "BuildOptions", "build", "parse_input_shape", "BUILD_METADATA_KEY", "main"]
+
+BUILD_METADATA_KEY = "seresnext.build"
+TARGET_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+class BuildError(ValueError):
+    """A model or flag the build cannot use; the message names the flag or the file."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    model: str
+    output: str
+    input_shape: str
+    insert_op_conf: str | None = None
+    precision: str = "fp32"
+    calib_dir: str | None = None
+    calib_count: int = 64
+    target: str = "cpu"
+    optimization: str = "extended"
+    verify: bool = True
+    soc_version: str | None = None
+
+
+def parse_input_shape(text: str) -> tuple[str, list[int]]:
+    """atc's ``--input_shape="name:16,3,224,224"`` (one input) -> ("name", [16, 3, 224, 224])."""
+    name, sep, dims = text.strip("\"'").rpartition(":")
+    try:
+        shape = [int(d) for d in dims.split(",")]
+    except ValueError:
+        shape = []
+    if not sep or not name or not shape or any(d <= 0 for d in shape):
+        raise BuildError(f"--input_shape={text!r}: expected 'name:N,C,H,W' with positive sizes, e.g. "
+                         f"'image:16,3,224,224' (one input)")
+    return name, shape
+
+
+def _dims(value_info) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+def _fix_shape(model: onnx.ModelProto, name: str, shape: list[int], source: str) -> None:
+    """Set the input to ``shape`` (a static batch); the other dims must already agree."""
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    names = [i.name for i in inputs]
+    if name not in names:
+        raise BuildError(f"--input_shape: {source} has no input {name!r} (its inputs: {', '.join(names)})")
+    if len(inputs) != 1:
+        raise BuildError(f"{source}: one model input expected, found {len(inputs)}")
+    value_info = inputs[0]
+    current = _dims(value_info)
+    if len(current) != len(shape):
+        raise BuildError(f"--input_shape={name}:{','.join(map(str, shape))} has {len(shape)} dims but "
+                         f"{source}'s input is {name}{current}")
+    for axis, (have, want) in enumerate(zip(current, shape)):
+        if axis > 0 and isinstance(have, int) and have != want:
+            raise BuildError(f"--input_shape={name}:{','.join(map(str, shape))} does not match {source}'s "
+                             f"input {name}{current} (only the batch may change)")
+    batch_param = current[0] if isinstance(current[0], str) else None
+    for dim, size in zip(value_info.type.tensor_type.shape.dim, shape):
+        dim.Clear()
+        dim.dim_value = size
+    for output in graph.output:
+        first = output.type.tensor_type.shape.dim[0] if output.type.tensor_type.shape.dim else None
+        if first is not None and (first.dim_param == batch_param or not first.HasField("dim_value")):
+            first.Clear()
+            first.dim_value = shape[0]
+    del graph.value_info[:]  # recomputed for the new batch
+    model.CopyFrom(onnx.shape_inference.infer_shapes(model))
+
+
+class _BinCalibrationReader:
+    """Feeds ``.bin`` files to ONNX Runtime's calibrator in batches of the model's static batch."""
+
+    def __init__(self, files: list[Path], input_name: str, shape: list[int]):
+        self.batches = [files[i:i + shape[0]] for i in range(0, len(files), shape[0])]
+        self.input_name, self.shape = input_name, shape
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.batches):
+            return None
+        files = self.batches[self.position]
+        self.position += 1
+        batch = np.zeros(self.shape, dtype=np.float32)
+        for index, path in enumerate(files):
+            batch[index] = read_bin(path, self.shape[1:])
+        return {self.input_name: batch}
+
+    def rewind(self):
+        self.position = 0
+
+
+def _quantize_int8(model: onnx.ModelProto, options: BuildOptions, name: str, shape: list[int],
+                   workdir: Path) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not options.calib_dir:
+        raise BuildError("--precision=int8 needs --calib_dir=<folder of .bin files> (e.g. ./prep_bin) to "
+                         "calibrate the activation ranges")
+    calib = Path(options.calib_dir)
+    if not calib.is_dir():
+        raise BuildError(f"--calib_dir={options.calib_dir}: no such folder")
+    files = sorted(calib.glob("*.bin"))[:options.calib_count]
+    if not files:
+        raise BuildError(f"--calib_dir={options.calib_dir}: no .bin files (run preprocess_se_resnext50_32x4d_pth.py)")
+    fp32_path, pre_path, int8_path = workdir / "fp32.onnx", workdir / "pre.onnx", workdir / "int8.onnx"
+    onnx.save(model, fp32_path)
+    quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=True)
+    quantize_static(str(pre_path), str(int8_path), _BinCalibrationReader(files, name, shape),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    return onnx.load(int8_path)
+
+
+def _optimize(model: onnx.ModelProto, options: BuildOptions, workdir: Path) -> onnx.ModelProto:
+    import onnxruntime as ort
+
+    provider = TARGET_PROVIDERS[options.target]
+    if provider not in ort.get_available_providers():
+        raise BuildError(f"--target={options.target}: this ONNX Runtime has no {provider} (it has "
+                         f"{', '.join(ort.get_available_providers())})")
+    source, optimized = workdir / "source.onnx", workdir / "optimized.onnx"
+    onnx.save(model, source)
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[options.optimization]
+    session_options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(source), session_options, providers=[provider])
+    return onnx.load(optimized)
+
+
+def _run(model_bytes: bytes, feed: np.ndarray, provider: str) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_bytes, providers=[provider])
+    return session.run(None, {session.get_inputs()[0].name: feed})[0]
+
+
+def build(options: BuildOptions, log=print) -> dict:
+    """Build ``options.output + '.onnx'``; returns the metadata recorded in it."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # no warnings about initializers the optimizer removes
+    started = time.perf_counter()
+    source = options.model
+    if not Path(source).is_file():
+        raise BuildError(f"--model={source}: no such file")
+    if options.precision not in ("fp32", "int8"):
+        raise BuildError(f"--precision={options.precision}: expected fp32 or int8")
+    if options.target not in TARGET_PROVIDERS:
+        raise BuildError(f"--target={options.target}: expected {' or '.join(TARGET_PROVIDERS)}")
+    if options.optimization not in ("basic", "extended"):
+        raise BuildError(f"--optimization={options.optimization}: expected basic or extended (layout "
+                         f"optimizations are hardware specific and always run online)")
+    try:
+        model = onnx.load(source)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise BuildError(f"--model={source}: not an ONNX model ({exc.__class__.__name__}: {exc})") from None
+    name, shape = parse_input_shape(options.input_shape)
+    config = load_aipp_config(options.insert_op_conf) if options.insert_op_conf else None
+    _fix_shape(model, name, shape, source)
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    out_path = Path(options.output if options.output.endswith(".onnx") else options.output + ".onnx")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=out_path.parent) as tmp:
+        workdir = Path(tmp)
+        if options.precision == "int8":
+            log(f"build: int8 static quantization, calibrating on {options.calib_dir}")
+            model = _quantize_int8(model, options, name, shape, workdir)
+        if config is not None:
+            model = insert_aipp(model, config, source)
+        model = _optimize(model, options, workdir)
+
+    metadata = {
+        "source": Path(source).name, "input_shape": f"{name}:{','.join(map(str, shape))}",
+        "precision": options.precision, "target": options.target, "optimization": options.optimization,
+        "aipp_config": Path(options.insert_op_conf).name if config else None,
+        "soc_version": options.soc_version, "onnxruntime": __import__("onnxruntime").__version__,
+    }
+    for entry in list(model.metadata_props):
+        if entry.key in (BUILD_METADATA_KEY, AIPP_METADATA_KEY):
+            model.metadata_props.remove(entry)
+    for key, value in ((BUILD_METADATA_KEY, json.dumps(metadata)),
+                       (AIPP_METADATA_KEY, config.to_json() if config else None)):
+        if value is not None:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+    data = model.SerializeToString()
+
+    if options.verify:
+        _verify(reference, data, config, shape, options, log)
+    atomic_write(out_path, data)
+    log(f"build: wrote {out_path} ({len(data) / 1e6:.1f} MB, {options.precision}, input "
+        f"{model.graph.input[0].name}{_dims(model.graph.input[0])}, ONNX Runtime {options.optimization} "
+        f"optimizations saved, {time.perf_counter() - started:.1f} s)")
+    return metadata
+
+
+def _verify(reference: onnx.ModelProto, built: bytes, config, shape: list[int], options: BuildOptions,
+            log) -> None:
+    """Run source and build on the same random batch; fp32 must match, int8 must mostly agree."""
+    from .aipp import apply_aipp_reference
+
+    provider = TARGET_PROVIDERS[options.target]
+    rng = np.random.default_rng(0)
+    if config is None:
+        feed = rng.standard_normal(shape, dtype=np.float32)
+        model_input = feed
+    else:
+        feed = rng.integers(0, 256, size=config.input_shape(shape[0]), dtype=np.uint8)
+        model_input = apply_aipp_reference(config, feed)
+    expected = _run(reference.SerializeToString(), model_input, provider)
+    actual = _run(built, feed, provider)
+    if options.precision == "fp32":
+        diff = float(np.abs(actual - expected).max())
+        scale = float(np.abs(expected).max()) or 1.0
+        if not diff <= 1e-4 * max(1.0, scale):
+            raise BuildError(f"the built model disagrees with {options.model}: max abs diff {diff:.3g} "
+                             f"(logits up to {scale:.3g}); nothing was written")
+        log(f"build: built model vs source on a random batch: max abs diff {diff:.3g}")
+    else:
+        agree = float(np.mean(actual.argmax(1) == expected.argmax(1)))
+        log(f"build: int8 vs fp32 top-1 agreement on a random batch: {agree:.0%} (random inputs; measure on "
+            f"real images with the runner)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m seresnext.build", description=__doc__, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="source ONNX model")
+    parser.add_argument("--framework", default="5", help="atc's framework id; only 5 (ONNX)")
+    parser.add_argument("--output", required=True, help="output name; '.onnx' is added")
+    parser.add_argument("--input_format", default="NCHW", help="only NCHW")
+    parser.add_argument("--input_shape", required=True, help="'name:N,C,H,W', e.g. image:16,3,224,224")
+    parser.add_argument("--insert_op_conf", default=None, help="AIPP config to compile into the model")
+    parser.add_argument("--log", default="error", help="accepted for atc compatibility")
+    parser.add_argument("--soc_version", default=None, help="recorded; the target is --target")
+    parser.add_argument("--precision", default="fp32", help="fp32 (default) or int8")
+    parser.add_argument("--calib_dir", default=None, help="int8: folder of .bin files to calibrate on")
+    parser.add_argument("--calib_count", type=int, default=64, help="int8: calibration images (default 64)")
+    parser.add_argument("--target", default="cpu", help="execution provider the model is optimized for: "
+                        "cpu (default) or cuda")
+    parser.add_argument("--optimization", default="extended", help="saved ONNX Runtime optimization level: "
+                        "extended (default, for --target only) or basic (any provider)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the check against the source model")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if str(args.framework) != "5":
+        raise BuildError(f"--framework={args.framework}: only 5 (ONNX) is supported")
+    if args.input_format != "NCHW":
+        raise BuildError(f"--input_format={args.input_format}: only NCHW is supported")
+    if args.calib_count < 1:
+        raise BuildError(f"--calib_count={args.calib_count}: must be at least 1")
+    build(BuildOptions(model=args.model, output=args.output, input_shape=args.input_shape,
+                       insert_op_conf=args.insert_op_conf, precision=args.precision, calib_dir=args.calib_dir,
+                       calib_count=args.calib_count, target=args.target, optimization=args.optimization,
+                       verify=args.verify, soc_version=args.soc_version))
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import run_main
+    sys.exit(run_main(main, "seresnext.build"))
