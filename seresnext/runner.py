@@ -1,0 +1,506 @@
+"""The offline runner: what Ascend's closed ``benchmark.x86_64`` did, on ONNX Runtime (or Ascend's runtime).
+
+It reads a ``.info`` list, feeds the model in batches and writes one dump per image plus upstream's perf
+file. The work is a three-stage pipeline so that reading and preprocessing overlap with inference:
+
+* loader threads read each file and turn it into the model's input (a ``.bin`` as is; with DVPP
+  emulation a JPEG is decoded, resized to exactly ``-input_width`` x ``-input_height`` (aspect ratio not
+  kept, as DVPP) and encoded as the AIPP config expects, e.g. YUV420SP);
+* the calling thread runs the model, one batch after the other (``prefetch`` batches are prepared ahead);
+* a writer thread writes the dumps atomically.
+
+Warm-up batches run before the clock starts. A last partial batch is padded with zeros up to a static
+batch size (or run as is with a dynamic one) and only the real images are written. Files that cannot be
+read are listed in the result, never stop the run, and make the exit status 1.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from .aipp import AippConfig, config_from_metadata, encode_source
+from .formats import (FormatError, InfoEntry, PerfStats, dump_file_name, perf_file_name, perf_lines,
+                      pure_infer_perf_file_name, pure_infer_summary, read_info, write_dump, write_perf_file,
+                      write_pure_infer_perf_file, list_dumps)
+
+__all__ = ["RunnerError", "RunnerOptions", "RunResult", "Backend", "OrtBackend", "AscendBackend", "open_backend",
+           "run_dataset", "run_pure_inference", "OM_HELP", "PROVIDERS"]
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+OM_HELP = ("{path} is an Ascend offline model (.om); running it needs Ascend's runtime (CANN with the "
+           "ais_bench Python package: `from ais_bench.infer.interface import InferSession`), which is not "
+           "installed here. On this machine build the ONNX equivalent instead: `bash se_resnext50_32x4d_atc.sh` "
+           "(without atc on the PATH it writes seresnext50_32x4d_16.onnx and seresnext50_32x4d_aipp_16.onnx) "
+           "and pass -om_path=seresnext50_32x4d_16.onnx.")
+
+
+class RunnerError(ValueError):
+    """A flag, model or input the runner cannot use; the message names the flag or the file."""
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """The runner's settings: benchmark.x86_64's flags plus a few of ours (provider, threads, ...)."""
+
+    om_path: str
+    batch_size: int = 1
+    device_id: int = 0
+    input_text_path: str | None = None
+    input_width: int = 224
+    input_height: int = 224
+    output_binary: bool = False
+    use_dvpp: bool = False
+    model_type: str = "vision"
+    rounds: int = 0
+    provider: str = "auto"
+    threads: int = 0
+    warmup: int = 2
+    loaders: int = 2
+    prefetch: int = 2
+    result_dir: str = "result"
+
+
+# ----------------------------------------------------------------------------------------------- backends
+class Backend:
+    """A loaded model: one input, outputs as numpy arrays."""
+
+    input_name: str
+    input_shape: list[int | None]  # None: dynamic
+    input_dtype: np.dtype
+    metadata: dict[str, str]
+    description: str
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime on the CPU, CUDA or TensorRT; layout optimizations run here (they are hardware
+    specific), the rest were saved by the build step."""
+
+    def __init__(self, path: str, provider: str = "auto", device_id: int = 0, threads: int = 0):
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if provider == "auto":
+            chosen = "cuda" if PROVIDERS["cuda"] in available else "cpu"
+        elif provider in PROVIDERS:
+            chosen = provider
+            if PROVIDERS[chosen] not in available:
+                raise RunnerError(f"-provider={provider}: this ONNX Runtime has no {PROVIDERS[chosen]} (it has "
+                                  f"{', '.join(available)}); install onnxruntime-gpu for cuda / tensorrt")
+        else:
+            raise RunnerError(f"-provider={provider}: expected auto, {', '.join(PROVIDERS)}")
+        providers: list = []
+        if chosen == "tensorrt":
+            providers.append((PROVIDERS["tensorrt"], {"device_id": device_id}))
+        if chosen in ("tensorrt", "cuda"):
+            providers.append((PROVIDERS["cuda"], {"device_id": device_id}))
+        providers.append(PROVIDERS["cpu"])
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise RunnerError(f"-om_path={path}: ONNX Runtime cannot load it ({first})") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise RunnerError(f"-om_path={path}: the runner feeds one input, the model has {len(inputs)}")
+        self.input_name = inputs[0].name
+        self.input_shape = [d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape]
+        self.input_dtype = np.dtype({"tensor(float)": np.float32, "tensor(uint8)": np.uint8}.get(
+            inputs[0].type, np.float32))
+        if inputs[0].type not in ("tensor(float)", "tensor(uint8)"):
+            raise RunnerError(f"-om_path={path}: input {self.input_name} is {inputs[0].type}; expected float "
+                              f"(NCHW images) or uint8 (AIPP)")
+        self.output_name = self.session.get_outputs()[0].name
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        used = self.session.get_providers()[0]
+        threads_text = f", {threads} intra-op threads" if threads > 0 else ""
+        self.description = f"ONNX Runtime {ort.__version__} {used}{threads_text}"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as exc:  # onnxruntime's own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise RunnerError(f"ONNX Runtime failed on a batch of shape {list(batch.shape)}: {first}") from None
+
+
+class AscendBackend(Backend):
+    """An ``.om`` through Ascend's runtime (ais_bench's InferSession), when CANN is installed."""
+
+    def __init__(self, path: str, device_id: int = 0):
+        try:
+            from ais_bench.infer.interface import InferSession
+        except ImportError:
+            raise RunnerError(OM_HELP.format(path=path)) from None
+        self.session = InferSession(device_id, path)
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.input_shape = [d if d > 0 else None for d in model_input.shape]
+        self.input_dtype = np.dtype(np.uint8 if "uint8" in str(model_input.datatype).lower() else np.float32)
+        self.metadata = {}
+        self.description = f"Ascend runtime (ais_bench), device {device_id}"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.infer([batch])[0])
+
+
+def open_backend(options: RunnerOptions) -> Backend:
+    path = options.om_path
+    if not Path(path).is_file():
+        raise RunnerError(f"-om_path={path}: no such file")
+    if path.endswith(".om"):
+        return AscendBackend(path, options.device_id)
+    return OrtBackend(path, options.provider, options.device_id, options.threads)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+@dataclass(frozen=True)
+class _Plan:
+    batch: int  # images per model call
+    static_batch: bool
+    item_shape: tuple[int, ...]  # one image's input
+    aipp: AippConfig | None
+
+
+def _plan(backend: Backend, options: RunnerOptions, pure: bool = False) -> _Plan:
+    """Check the flags against the model; errors name the flag and the model's real shape."""
+    if options.model_type != "vision":
+        raise RunnerError(f"-model_type={options.model_type}: only vision is supported")
+    if options.batch_size < 1:
+        raise RunnerError(f"-batch_size={options.batch_size}: must be at least 1")
+    shape, model = backend.input_shape, options.om_path
+    shape_text = "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+    aipp = config_from_metadata(backend.metadata)
+    if backend.input_dtype == np.uint8 and aipp is None and not isinstance(backend, AscendBackend):
+        raise RunnerError(f"-om_path={model}: uint8 input {backend.input_name}{shape_text} but no AIPP config "
+                          f"recorded in the model; build it with se_resnext50_32x4d_atc.sh")
+    is_aipp = backend.input_dtype == np.uint8
+    if not pure:
+        if options.use_dvpp and not is_aipp:
+            raise RunnerError(f"-useDvpp=true needs a model with AIPP (built with --insert_op_conf, e.g. "
+                              f"seresnext50_32x4d_aipp_16.onnx); {model} takes float32 "
+                              f"{backend.input_name}{shape_text}: use -useDvpp=false with .bin files")
+        if not options.use_dvpp and is_aipp:
+            raise RunnerError(f"{model} has AIPP (uint8 input {backend.input_name}{shape_text}): it takes "
+                              f"decoded images, so run it with -useDvpp=true and a jpg .info")
+    if shape[0] is not None and shape[0] != options.batch_size:
+        raise RunnerError(f"-batch_size={options.batch_size} but {model} has a static batch of {shape[0]} "
+                          f"(input {backend.input_name}{shape_text}); pass -batch_size={shape[0]} or build "
+                          f"the model for batch {options.batch_size}")
+    width, height = options.input_width, options.input_height
+    if aipp is not None:
+        if (aipp.src_image_size_w, aipp.src_image_size_h) != (width, height):
+            raise RunnerError(f"-input_width={width} -input_height={height} do not match {model}: its AIPP "
+                              f"input is {aipp.src_image_size_w}x{aipp.src_image_size_h} "
+                              f"({backend.input_name}{shape_text})")
+        item = tuple(aipp.input_shape(1)[1:])
+    elif is_aipp:  # an .om with AIPP: the shape is all we know
+        item = tuple(d or 0 for d in shape[1:])
+    else:
+        if len(shape) != 4 or shape[1] not in (3, None):
+            raise RunnerError(f"{model}: input {backend.input_name}{shape_text} is not NCHW images")
+        if (shape[2], shape[3]) != (height, width) and None not in (shape[2], shape[3]):
+            raise RunnerError(f"-input_width={width} -input_height={height} do not match {model}: its input "
+                              f"is {backend.input_name}{shape_text} (width {shape[3]}, height {shape[2]})")
+        item = (3, height, width)
+    return _Plan(options.batch_size, shape[0] is not None, item, aipp)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _loader(plan: _Plan, use_dvpp: bool) -> Callable[[InfoEntry], tuple[np.ndarray, float, float]]:
+    """entry -> (model input for one image, seconds reading, seconds preprocessing)."""
+    expected = int(np.prod(plan.item_shape)) * 4
+
+    def load_bin(entry: InfoEntry) -> tuple[np.ndarray, float, float]:
+        started = time.perf_counter()
+        data = Path(entry.path).read_bytes()
+        read = time.perf_counter()
+        if len(data) != expected:
+            raise FormatError(f"{entry.path}: {len(data)} bytes, expected {expected} (float32 "
+                              f"{'x'.join(map(str, plan.item_shape))}); wrong -input_width/-input_height, or "
+                              f"not written by preprocess_se_resnext50_32x4d_pth.py?")
+        array = np.frombuffer(data, dtype=np.float32).reshape(plan.item_shape)
+        return array, read - started, time.perf_counter() - read
+
+    def load_jpeg(entry: InfoEntry) -> tuple[np.ndarray, float, float]:
+        from PIL import Image
+
+        from .preprocess import load_rgb
+
+        started = time.perf_counter()
+        data = Path(entry.path).read_bytes()
+        read = time.perf_counter()
+        config = plan.aipp
+        image = load_rgb(entry.path, data)
+        size = (config.src_image_size_w, config.src_image_size_h)
+        if image.size != size:
+            image = image.resize(size, Image.BILINEAR)
+        array = encode_source(config, np.asarray(image))
+        return array, read - started, time.perf_counter() - read
+
+    if use_dvpp and plan.aipp is None:
+        raise RunnerError("-useDvpp=true with an .om: DVPP emulation needs the AIPP config recorded by the "
+                          "ONNX build; run the .om with Ascend's benchmark tool instead")
+    return load_jpeg if use_dvpp else load_bin
+
+
+# ----------------------------------------------------------------------------------------------- running
+@dataclass
+class RunResult:
+    """What a dataset run did and measured."""
+
+    images: int
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (info line reference, reason)
+    stats: PerfStats | None = None
+    batch_latencies_ms: list[float] = field(default_factory=list)
+    dump_dir: Path | None = None
+    perf_file: Path | None = None
+    perf_text: str = ""
+    stale_dumps: int = 0
+    backend: str = ""
+
+
+def _percentiles(values_ms: Sequence[float]) -> tuple[float, float, float]:
+    if not values_ms:
+        return 0.0, 0.0, 0.0
+    p50, p90, p99 = np.percentile(np.asarray(values_ms), [50, 90, 99])
+    return float(p50), float(p90), float(p99)
+
+
+def _warm_up(backend: Backend, plan: _Plan, rounds: int) -> None:
+    feed = np.zeros((plan.batch, *plan.item_shape), dtype=backend.input_dtype)
+    for _ in range(rounds):
+        backend.run(feed)
+
+
+_END = object()
+
+
+def run_dataset(options: RunnerOptions, backend: Backend | None = None,
+                progress: Callable[[int], None] | None = None) -> RunResult:
+    """Run every image of ``options.input_text_path``; write dumps and the perf file under ``result_dir``."""
+    if not options.input_text_path:
+        raise RunnerError("-input_text_path is required (a .info file from get_info.py), or -round=N for "
+                          "pure inference")
+    try:
+        entries = read_info(options.input_text_path)
+    except FormatError as exc:
+        raise RunnerError(f"-input_text_path: {exc}") from None
+    backend = backend or open_backend(options)
+    plan = _plan(backend, options)
+    load = _loader(plan, options.use_dvpp)
+
+    result = RunResult(images=0, backend=backend.description)
+    info = options.input_text_path
+    names: dict[str, InfoEntry] = {}
+    usable = []
+    for entry in entries:
+        where = f"{info}:{entry.line}"
+        if entry.image_name in names:
+            result.failed.append((where, f"{entry.path}: image name {entry.image_name!r} already listed on "
+                                         f"line {names[entry.image_name].line} (their dumps would collide)"))
+        elif not Path(entry.path).is_file():
+            result.failed.append((where, f"{entry.path}: no such file"))
+        else:
+            names[entry.image_name] = entry
+            usable.append(entry)
+
+    dump_dir = Path(options.result_dir) / f"dumpOutput_device{options.device_id}"
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    _warm_up(backend, plan, options.warmup)
+
+    batches = [usable[i:i + plan.batch] for i in range(0, len(usable), plan.batch)]
+    ready: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
+    written: queue.Queue = queue.Queue(maxsize=max(2, options.prefetch * 2))
+    stop = threading.Event()
+    timings = {"read": 0.0, "pre": 0.0, "post": 0.0, "loaded": 0, "posted": 0}
+    failures_lock = threading.Lock()
+
+    def produce(pool: ThreadPoolExecutor) -> None:
+        try:
+            for batch_entries in batches:
+                if stop.is_set():
+                    break
+                outcomes = list(pool.map(_guarded(load), batch_entries))
+                array = np.zeros((plan.batch if plan.static_batch else len(batch_entries), *plan.item_shape),
+                                 dtype=backend.input_dtype)
+                kept = []
+                for entry, (value, error) in zip(batch_entries, outcomes):
+                    if error is not None:
+                        with failures_lock:
+                            result.failed.append((f"{info}:{entry.line}", error))
+                        continue
+                    item, read_s, pre_s = value
+                    assemble = time.perf_counter()
+                    array[len(kept)] = item
+                    timings["read"] += read_s
+                    timings["pre"] += pre_s + (time.perf_counter() - assemble)
+                    kept.append(entry)
+                if not kept:
+                    continue
+                if not plan.static_batch:
+                    array = array[:len(kept)]
+                timings["loaded"] += len(kept)
+                put((kept, array))
+        except BaseException as exc:  # surface anything unexpected in the calling thread
+            put(exc)
+            return
+        put(_END)
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def post() -> None:
+        while True:
+            item = written.get()
+            if item is _END:
+                return
+            kept, outputs = item
+            started = time.perf_counter()
+            for row, entry in enumerate(kept):
+                try:
+                    write_dump(dump_dir, entry.image_name, outputs[row], options.output_binary)
+                except OSError as exc:
+                    with failures_lock:
+                        result.failed.append((f"{info}:{entry.line}", f"cannot write its dump ({exc})"))
+            timings["post"] += time.perf_counter() - started
+            timings["posted"] += len(kept)
+            if progress:
+                progress(len(kept))
+
+    run_started = time.perf_counter()
+    first_infer = last_infer = None
+    infer_seconds = 0.0
+    with ThreadPoolExecutor(max_workers=max(1, options.loaders), thread_name_prefix="runner-load") as pool:
+        producer = threading.Thread(target=produce, args=(pool,), name="runner-batches", daemon=True)
+        writer = threading.Thread(target=post, name="runner-dumps", daemon=True)
+        producer.start()
+        writer.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                kept, array = item
+                started = time.perf_counter()
+                outputs = backend.run(array)
+                finished = time.perf_counter()
+                first_infer = started if first_infer is None else first_infer
+                last_infer = finished
+                infer_seconds += finished - started
+                result.batch_latencies_ms.append((finished - started) * 1000.0)
+                result.images += len(kept)
+                written.put((kept, outputs))
+        finally:
+            stop.set()
+            written.put(_END)
+            writer.join()
+            producer.join()
+    run_seconds = time.perf_counter() - run_started
+
+    images = max(result.images, 1)
+    stats = PerfStats(
+        e2e_rate=result.images / run_seconds if result.images else 0.0,
+        e2e_latency_ms=run_seconds * 1000.0,
+        read_ms_per_image=timings["read"] * 1000.0 / max(timings["loaded"], 1),
+        preprocess_ms_per_image=timings["pre"] * 1000.0 / max(timings["loaded"], 1),
+        infer_stage_rate=result.images / (last_infer - first_infer) if result.images else 0.0,
+        interface_rate=result.images / infer_seconds if infer_seconds else 0.0,
+        infer_ms_per_batch=infer_seconds * 1000.0 / max(len(result.batch_latencies_ms), 1),
+        post_ms_per_image=timings["post"] * 1000.0 / images)
+    result.stats = stats
+    result.dump_dir = dump_dir
+    result.perf_file = Path(options.result_dir) / perf_file_name(options.batch_size, options.device_id)
+    result.perf_text = write_perf_file(result.perf_file, stats)
+    result.failed.sort(key=_line_order)
+    ours = {dump_file_name(e.image_name, options.output_binary) for e in usable}
+    dumps, _ = list_dumps(dump_dir)
+    result.stale_dumps = sum(1 for path in dumps.values() if path.name not in ours)
+    return result
+
+
+def _line_order(failure: tuple[str, str]) -> tuple[str, int]:
+    where = failure[0]
+    path, _, line = where.rpartition(":")
+    return (path, int(line)) if line.isdigit() else (where, 0)
+
+
+def _guarded(load):
+    def call(entry: InfoEntry):
+        try:
+            return load(entry), None
+        except (ValueError, OSError) as exc:
+            return None, str(exc)
+    return call
+
+
+def run_pure_inference(options: RunnerOptions, backend: Backend | None = None,
+                       log: Callable[[str], None] = print) -> tuple[float, list[float], Path, str]:
+    """``-round=N`` without data: N batches of random input; returns (images/s, per-batch ms, file, text)."""
+    if options.rounds < 1:
+        raise RunnerError(f"-round={options.rounds}: must be at least 1")
+    backend = backend or open_backend(options)
+    plan = _plan(backend, options, pure=True)
+    rng = np.random.default_rng(0)
+    shape = (plan.batch, *plan.item_shape)
+    feed = (rng.integers(0, 256, size=shape, dtype=np.uint8) if backend.input_dtype == np.uint8
+            else rng.standard_normal(shape, dtype=np.float32))
+    _warm_up(backend, plan, options.warmup)
+    latencies = []
+    for number in range(options.rounds):
+        started = time.perf_counter()
+        backend.run(feed)
+        latencies.append((time.perf_counter() - started) * 1000.0)
+        log(f"[INFO] Dataset number: {number} finished cost {latencies[-1]:.3f}ms")
+    rate = plan.batch * len(latencies) * 1000.0 / sum(latencies)
+    path = Path(options.result_dir) / pure_infer_perf_file_name(options.om_path, options.device_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = write_pure_infer_perf_file(path, rate)
+    return rate, latencies, path, text
+
+
+def summary_lines(result: RunResult, batch: int) -> str:
+    """The console summary: upstream's block plus throughput and latency percentiles."""
+    stats = result.stats
+    p50, p90, p99 = _percentiles(result.batch_latencies_ms)
+    return ("-----------------Performance Summary------------------\n"
+            + perf_lines(stats, console=True)
+            + "-----------------------------------------------------------\n"
+            + f"[INFO] {result.images} images, {result.backend}\n"
+            + f"[INFO] throughput: {stats.e2e_rate:.2f} images/s end to end, {stats.interface_rate:.2f} images/s "
+              f"in the model calls\n"
+            + f"[INFO] latency per batch of {batch} (ms): p50 {p50:.2f}, p90 {p90:.2f}, p99 {p99:.2f}\n")
+
+
+def pure_summary_lines(rate: float, latencies: Sequence[float], path: str | PathLike, batch: int,
+                       description: str) -> str:
+    p50, p90, p99 = _percentiles(latencies)
+    return (f"[INFO] PureInfer result saved in {path}\n"
+            "-----------------PureInfer Performance Summary------------------\n"
+            f"[INFO] {pure_infer_summary(rate).replace(' = ', ': ').strip()}\n"
+            "----------------------------------------------------------------\n"
+            f"[INFO] {description}\n"
+            f"[INFO] latency per batch of {batch} (ms): p50 {p50:.2f}, p90 {p90:.2f}, p99 {p99:.2f}\n")
