@@ -1,0 +1,453 @@
+"""One training epoch, one validation pass, the learning-rate schedule and upstream's log lines.
+
+Log lines kept from upstream (launch wrappers and users grep them):
+
+* ``Epoch: [e][ i/N]\\tTime ...\\tData ...\\tLoss ...\\tAcc@1 ...\\tAcc@5 ...`` every ``--print-freq`` steps;
+* ``Test: [i/N]\\tTime ...\\tLoss ...\\tAcc@1 ...\\tAcc@5 ...`` during validation;
+* ``[npu id: N ] * FPS@all 582.123`` after each epoch: global images/s over steady-state steps;
+* ``[npu id: N ] [AVG-ACC] * Acc@1 78.239 Acc@5 94.123`` after validation, reduced over all ranks.
+
+``npu id`` is the device index whatever the device type. Per-step metrics stay on the device; the host
+reads them (one synchronisation) only every ``--print-freq`` steps and at the end of the epoch.
+
+Test-only fault injection (used by the test suite; never set in real runs):
+
+* ``SERESNEXT_TEST_NAN_STEPS=A-B`` makes the loss NaN at global steps A..B (``A-`` for "from A on");
+* ``SERESNEXT_TEST_KILL_AT_STEP=R:S`` makes rank R SIGKILL itself before global step S, on the first
+  attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0).
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import check_bad_fraction
+from .devices import Precision, synchronize
+from .distributed import DistContext, all_reduce_sum
+
+__all__ = ["cosine_lr", "NonFiniteLossError", "GracefulStop", "FaultHooks", "Printer", "TrainConfig",
+           "EpochResult", "EvalResult", "correct_counts", "steady_state_window", "train_one_epoch", "evaluate",
+           "check_finite_weights", "FPS_WARMUP_STEPS"]
+
+FPS_WARMUP_STEPS = 5
+"""Steps left out of the FPS measurement at the start of each epoch (upstream: 5)."""
+
+
+# ------------------------------------------------------------------------------------------------- lr ---
+
+def cosine_lr(base_lr: float, epoch: int, step: int, steps_per_epoch: int, epochs: int,
+              warmup_epochs: int = 0) -> float:
+    """Upstream's per-epoch cosine ``lr * 0.5 * (1 + cos(pi * epoch / epochs))``, after an optional linear
+    per-step warm-up over ``warmup_epochs`` (the cosine then spans the remaining epochs).
+
+    A pure function of the position, so a resumed run continues the same schedule with no saved state.
+    """
+    if epoch < warmup_epochs:
+        done = epoch * steps_per_epoch + step + 1
+        return base_lr * done / max(1, warmup_epochs * steps_per_epoch)
+    span = max(1, epochs - warmup_epochs)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+
+
+# --------------------------------------------------------------------------------------------- faults ---
+
+class NonFiniteLossError(RuntimeError):
+    """The loss stayed NaN/inf too long (or the weights went non-finite); the run stops without saving."""
+
+
+class GracefulStop:
+    """Turns SIGINT/SIGTERM into a request that the training loop honours at its next step boundary.
+
+    Use as a context manager; the previous handlers come back on exit. A second signal of the same run
+    does not kill the process either: the checkpoint being written must not be cut short.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> "GracefulStop":
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+@dataclass(frozen=True)
+class FaultHooks:
+    """Test-only fault injection, read from the environment (see the module docstring)."""
+
+    nan_first: int | None = None
+    nan_last: int | None = None
+    kill_rank: int | None = None
+    kill_step: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "FaultHooks":
+        nan_first = nan_last = kill_rank = kill_step = None
+        if env.get("SERESNEXT_TEST_NAN_STEPS"):
+            first, _, last = env["SERESNEXT_TEST_NAN_STEPS"].partition("-")
+            nan_first, nan_last = int(first), (int(last) if last else None)
+        if env.get("SERESNEXT_TEST_KILL_AT_STEP") and env.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+            rank, _, step = env["SERESNEXT_TEST_KILL_AT_STEP"].partition(":")
+            kill_rank, kill_step = int(rank), int(step)
+        return cls(nan_first, nan_last, kill_rank, kill_step)
+
+    @property
+    def active(self) -> bool:
+        return self.nan_first is not None or self.kill_step is not None
+
+    def before_step(self, rank: int, global_step: int) -> None:
+        if self.kill_step is not None and rank == self.kill_rank and global_step == self.kill_step:
+            print(f"[test hook] rank {rank} SIGKILLs itself at step {global_step}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def corrupt_loss(self, global_step: int, loss: torch.Tensor) -> torch.Tensor:
+        if self.nan_first is not None and global_step >= self.nan_first and \
+                (self.nan_last is None or global_step <= self.nan_last):
+            return loss * float("nan")
+        return loss
+
+
+# -------------------------------------------------------------------------------------------- printing ---
+
+class Printer:
+    """Where log lines go: the main rank prints them (through tqdm while a progress bar is shown); warnings
+    go to stderr from every rank."""
+
+    def __init__(self, ctx: DistContext, progress_bar: bool = False):
+        self.ctx = ctx
+        self.progress_bar = progress_bar and ctx.is_main
+        self._bar_active = False
+        self.npu_id = f"[npu id: {ctx.device_index} ]"
+
+    def line(self, text: str) -> None:
+        if not self.ctx.is_main:
+            return
+        if self._bar_active:
+            from tqdm import tqdm
+            tqdm.write(text, file=sys.stdout)
+            sys.stdout.flush()
+        else:
+            print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        prefix = f"[rank {self.ctx.rank}] " if self.ctx.distributed else ""
+        print(f"{prefix}=> warning: {text}", file=sys.stderr, flush=True)
+
+    def bar(self, iterable: Iterable, total: int, desc: str) -> Iterable:
+        if not self.progress_bar:
+            return iterable
+        from tqdm import tqdm
+
+        def wrapped():
+            self._bar_active = True
+            try:
+                yield from tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
+                                file=sys.stderr)
+            finally:
+                self._bar_active = False
+        return wrapped()
+
+
+def _meter(name: str, val: float, avg: float, fmt: str) -> str:
+    return f"{name} {val:{fmt}} ({avg:{fmt}})"
+
+
+def _batch_fmt(num_batches: int) -> str:
+    width = len(str(num_batches))
+    return "[{:" + str(width) + "d}/" + str(num_batches) + "]"
+
+
+# ---------------------------------------------------------------------------------------------- metrics ---
+
+@torch.no_grad()
+def correct_counts(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 and top-5 hit counts of a batch, as device tensors (works on every device type)."""
+    k = min(5, output.shape[1])
+    hits = output.topk(k, dim=1).indices == target[:, None]
+    return hits[:, 0].sum(), hits.sum()
+
+
+def steady_state_window(steps: int, warmup: int = FPS_WARMUP_STEPS) -> int:
+    """How many leading steps of an epoch to leave out of FPS: ``warmup`` when the epoch is longer than
+    that, 1 for shorter epochs of 2+ steps, none for a single step (so FPS never divides by zero)."""
+    if steps > warmup:
+        return warmup
+    return 1 if steps > 1 else 0
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise :class:`NonFiniteLossError` if any parameter or buffer holds NaN/inf (nothing must save it)."""
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise NonFiniteLossError("the model weights became non-finite (NaN/inf); stopping without saving, so "
+                                 "the last checkpoint written is left as it was. Try a lower --lr, --amp with "
+                                 "--loss-scale-value dynamic, or --warmup-epochs.")
+
+
+# ------------------------------------------------------------------------------------------------ train ---
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the training loop that stay fixed for a run."""
+
+    print_freq: int = 10
+    channels_last: bool = False
+    max_nonfinite_steps: int = 20
+    profile_path: Path | None = None  # --profile: Chrome trace of one steady-state step of the first epoch
+
+
+@dataclass
+class EpochResult:
+    """Global (all-rank) metrics of one training epoch."""
+
+    loss: float
+    top1: float
+    top5: float
+    images_per_second: float
+    seconds: float
+    steps: int
+    images: int
+    skipped_images: int
+    nonfinite_steps: int
+    stopped_by_signal: bool = False
+    last_loss: float = float("nan")
+    bad_paths: list[str] = field(default_factory=list)
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    loader: Iterable, device: torch.device, epoch: int, *, precision: Precision,
+                    scaler: torch.amp.GradScaler, lr_at: Callable[[int, int], float], ctx: DistContext,
+                    config: TrainConfig, printer: Printer, split_size: int, start_step: int = 0,
+                    num_steps: int | None = None, global_step: int = 0, max_steps: int | None = None,
+                    stop: GracefulStop | None = None, hooks: FaultHooks | None = None) -> EpochResult:
+    """Train for one epoch (from ``start_step`` when resuming mid-epoch) and return all-rank metrics.
+
+    Stops early, at a step boundary, after ``max_steps`` steps or when ``stop`` was signalled (all ranks
+    agree on it every ``print_freq`` steps). Raises :class:`NonFiniteLossError` when the loss has been
+    non-finite for ``config.max_nonfinite_steps`` consecutive steps, and ``DataError`` when more than 1% of
+    the split (``split_size`` images) is unreadable.
+    """
+    model.train()
+    hooks = hooks or FaultHooks()
+    total = start_step + (num_steps if num_steps is not None else len(loader))
+    batch_fmt = _batch_fmt(total)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    # [loss sum over finite steps, images of finite steps, top-1 hits, top-5 hits, non-finite steps]
+    stats = torch.zeros(5, device=device)
+    streak = torch.zeros((), dtype=torch.long, device=device)
+    last_step = stats
+    loss = torch.zeros((), device=device)
+    bad_paths: list[str] = []
+    steps = images_seen = 0
+    data_seconds = 0.0
+    last_data = 0.0
+    stopped = False
+    marks: dict[int, tuple[float, int]] = {}  # steps done -> (time, images) at the end of that step
+
+    synchronize(device)
+    start = end = time.perf_counter()
+    marks[0] = (start, 0)
+    last_print = (start, 0)
+    profiler = None
+    profile_at = start_step + min(FPS_WARMUP_STEPS, max(total - start_step - 1, 0))
+    for i, (images, target, bad) in enumerate(printer.bar(loader, total - start_step, f"epoch {epoch}"),
+                                              start=start_step):
+        last_data = time.perf_counter() - end
+        data_seconds += last_data
+        if bad:
+            bad_paths.extend(bad)
+            for item in bad:
+                printer.warn(f"unreadable train image skipped: {item}")
+        hooks.before_step(ctx.rank, global_step)
+        lr = lr_at(epoch, i)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        target = target.to(device, non_blocking=True)
+        if i == profile_at and config.profile_path is not None and not config.profile_path.exists():
+            profiler = torch.profiler.profile(record_shapes=True)
+            profiler.__enter__()
+
+        with precision.autocast():
+            output = model(images)
+            loss = criterion(output, target)
+        loss = hooks.corrupt_loss(global_step, loss) if hooks.active else loss
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+        with torch.no_grad():
+            value = loss.detach().float()
+            finite = torch.isfinite(value)
+            batch = images.shape[0]
+            top1_hits, top5_hits = correct_counts(output, target)
+            last_step = torch.stack([torch.where(finite, value, 0.0) * batch, finite.float() * batch,
+                                     top1_hits.float(), top5_hits.float(), (~finite).float()])
+            stats += last_step
+            streak = (streak + 1) * (~finite)
+        if profiler is not None:
+            synchronize(device)
+            profiler.__exit__(None, None, None)
+            profiler.export_chrome_trace(str(config.profile_path))
+            printer.line(f"=> profile of step {i} written to '{config.profile_path}'")
+            profiler = None
+        steps += 1
+        global_step += 1
+        images_seen += batch
+        if steps in (1, FPS_WARMUP_STEPS):
+            synchronize(device)
+            marks[steps] = (time.perf_counter(), images_seen)
+        end = time.perf_counter()
+
+        limit_reached = max_steps is not None and steps >= max_steps
+        signalled = stop is not None and stop.requested
+        is_last = i == total - 1 or limit_reached
+        if i % config.print_freq == 0 or is_last or (signalled and not ctx.distributed):
+            values = stats.tolist()
+            now = time.perf_counter()
+            warm = steady_state_window(steps)
+            step_time = (now - last_print[0]) / max(1, steps - last_print[1])
+            avg_time = (now - marks[warm][0]) / max(1, steps - warm)
+            last_print = (now, steps)
+            current = last_step.tolist()
+            printer.line("\t".join([
+                f"Epoch: [{epoch}]" + batch_fmt.format(i),
+                _meter("Time", step_time, avg_time, "6.3f"),
+                _meter("Data", last_data, data_seconds / steps, "6.3f"),
+                _meter("Loss", loss.item(), values[0] / values[1] if values[1] else float("nan"), "6.8f"),
+                _meter("Acc@1", 100.0 * current[2] / batch, 100.0 * values[2] / images_seen, "6.2f"),
+                _meter("Acc@5", 100.0 * current[3] / batch, 100.0 * values[3] / images_seen, "6.2f"),
+            ]))
+            agreed = torch.tensor([float(signalled), float(streak.item() >= config.max_nonfinite_steps),
+                                   float(len(bad_paths))], device=device)
+            all_reduce_sum(agreed, ctx)
+            check_bad_fraction("train", int(agreed[2].item()), split_size, bad_paths)
+            if agreed[1].item() > 0:
+                raise NonFiniteLossError(
+                    f"the loss has been non-finite (NaN/inf) for {config.max_nonfinite_steps} or more consecutive "
+                    f"steps (epoch {epoch}, step {i}); stopping without saving, so the last checkpoint written is "
+                    f"left as it was. Try a lower --lr, --loss-scale-value dynamic, or --warmup-epochs "
+                    f"(--max-nonfinite-steps sets the limit).")
+            if agreed[0].item() > 0:
+                stopped = True
+                break
+        if limit_reached:
+            break
+
+    synchronize(device)
+    finish = time.perf_counter()
+    warm_steps = steady_state_window(steps)
+    warm_time, warm_images = marks[warm_steps]
+    local_rate = (images_seen - warm_images) / max(finish - warm_time, 1e-9) if steps else 0.0
+    totals = torch.cat([stats, torch.tensor([float(images_seen), float(len(bad_paths)), local_rate],
+                                            device=device)])
+    all_reduce_sum(totals, ctx)
+    loss_sum, finite_images, top1, top5, nonfinite, images_all, bad_all, rate = totals.tolist()
+    check_bad_fraction("train", int(bad_all), split_size, bad_paths)
+    result = EpochResult(
+        loss=loss_sum / finite_images if finite_images else float("nan"),
+        top1=100.0 * top1 / images_all if images_all else 0.0,
+        top5=100.0 * top5 / images_all if images_all else 0.0,
+        images_per_second=rate,  # every rank runs the same steps, so the global rate is the sum
+        seconds=finish - start, steps=steps, images=int(images_all), skipped_images=int(bad_all),
+        nonfinite_steps=int(nonfinite), stopped_by_signal=stopped,
+        last_loss=float(loss.detach().float().item()) if steps else float("nan"), bad_paths=bad_paths)
+    printer.line(f"{printer.npu_id} * FPS@all {result.images_per_second:.3f}")
+    return result
+
+
+# ------------------------------------------------------------------------------------------- validate ---
+
+@dataclass
+class EvalResult:
+    """Global (all-rank) validation metrics; every val image counted exactly once."""
+
+    loss: float
+    top1: float
+    top5: float
+    images: int
+    skipped_images: int
+    seconds: float
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, device: torch.device, *,
+             precision: Precision, ctx: DistContext, printer: Printer, print_freq: int, split_size: int,
+             channels_last: bool = False) -> EvalResult:
+    """Validate on this rank's shard, then sum hits, loss and counts over ranks for global top-1/top-5."""
+    model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    stats = torch.zeros(4, device=device)  # loss sum, images, top-1 hits, top-5 hits
+    bad_paths: list[str] = []
+    num_batches = len(loader)
+    batch_fmt = _batch_fmt(num_batches)
+    start = last = time.perf_counter()
+    for i, (images, target, bad) in enumerate(printer.bar(loader, num_batches, "validate")):
+        for item in bad:
+            printer.warn(f"unreadable val image left out: {item}")
+        bad_paths.extend(bad)
+        if images.numel() == 0:
+            continue
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        target = target.to(device, non_blocking=True)
+        with precision.autocast():
+            output = model(images)
+        loss = criterion(output.float(), target)
+        top1_hits, top5_hits = correct_counts(output, target)
+        batch = images.shape[0]
+        step = torch.stack([loss.float() * batch, torch.tensor(float(batch), device=device),
+                            top1_hits.float(), top5_hits.float()])
+        stats += step
+        if i % print_freq == 0 and ctx.is_main:
+            values, current = stats.tolist(), step.tolist()
+            now = time.perf_counter()
+            printer.line("\t".join([
+                "Test: " + batch_fmt.format(i),
+                _meter("Time", now - last, (now - start) / (i + 1), "6.3f"),
+                _meter("Loss", current[0] / batch, values[0] / values[1], ".4e"),
+                _meter("Acc@1", 100.0 * current[2] / batch, 100.0 * values[2] / values[1], "6.2f"),
+                _meter("Acc@5", 100.0 * current[3] / batch, 100.0 * values[3] / values[1], "6.2f"),
+            ]))
+            last = now
+    totals = torch.cat([stats, torch.tensor([float(len(bad_paths))], device=device)])
+    all_reduce_sum(totals, ctx)
+    loss_sum, images, top1, top5, bad_all = totals.tolist()
+    check_bad_fraction("val", int(bad_all), split_size, bad_paths)
+    if images == 0:
+        raise ValueError("validation saw no readable image")
+    result = EvalResult(loss_sum / images, 100.0 * top1 / images, 100.0 * top5 / images, int(images),
+                        int(bad_all), time.perf_counter() - start)
+    printer.line(f"{printer.npu_id} [AVG-ACC] * Acc@1 {result.top1:.3f} Acc@5 {result.top5:.3f}")
+    printer.line(f"=> validation loss {result.loss:.4f} over {result.images} images ({ctx.world_size} process(es), "
+                 f"{result.skipped_images} unreadable left out)")
+    return result
