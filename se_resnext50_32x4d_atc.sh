@@ -102,6 +102,7 @@ extra=(--precision="$precision" --target="$target")
 [ -z "$calib_dir" ] || extra+=(--calib_dir="$calib_dir" --calib_count="$calib_count")
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 echo "se_resnext50_32x4d_atc.sh: atc not used; building ONNX Runtime models with $python -m seresnext.build"
+"$python" -m seresnext.aipp "$aipp_config"  # a bad config fails here, before any work
 # Binary (.bin) input
 "$python" -m seresnext.build --model="$model" --framework=5 --output="$binary_out" --input_format=NCHW \
     --input_shape="$shape" --log=info --soc_version="$soc_version" "${extra[@]}"

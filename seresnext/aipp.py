@@ -494,3 +494,30 @@ def config_from_metadata(metadata: Mapping[str, str]) -> AippConfig | None:
     """The AIPP config recorded by :func:`insert_aipp`, or None for a model without AIPP."""
     text = metadata.get(AIPP_METADATA_KEY)
     return AippConfig.from_json(text) if text else None
+
+
+def main(argv=None) -> int:
+    """``python -m seresnext.aipp CONFIG``: check a config and say what the AIPP stage will do."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m seresnext.aipp", description=main.__doc__)
+    parser.add_argument("config", help="AIPP config file, e.g. aipp_se_resnext50_32x4d_pth.config")
+    config = load_aipp_config(parser.parse_args(argv).config)
+    height, width = config.output_size
+    steps = [f"{config.input_format} {config.src_image_size_w}x{config.src_image_size_h}"]
+    if config.crop:
+        steps.append(f"crop {width}x{height} at ({config.load_start_pos_w},{config.load_start_pos_h})")
+    if config.rbuv_swap_switch:
+        steps.append("swap " + ("U/V" if config.input_format == "YUV420SP_U8" else "R/B"))
+    if config.csc_switch:
+        steps.append("csc")
+    steps.append("(x - mean - min) * var_reci -> float32 NCHW")
+    print(f"aipp: {config.source}: " + ", ".join(steps))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .cli import run_main
+    sys.exit(run_main(main, "seresnext.aipp"))

@@ -144,12 +144,18 @@ def _quantize_int8(model: onnx.ModelProto, options: BuildOptions, name: str, sha
     if not files:
         raise BuildError(f"--calib_dir={options.calib_dir}: no .bin files (run preprocess_se_resnext50_32x4d_pth.py)")
     fp32_path, pre_path, int8_path = workdir / "fp32.onnx", workdir / "pre.onnx", workdir / "int8.onnx"
+    if _opset(model) < 13:  # per-channel QuantizeLinear/DequantizeLinear (their axis) need opset 13
+        model = onnx.version_converter.convert_version(model, 13)
     onnx.save(model, fp32_path)
     quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=True)
     quantize_static(str(pre_path), str(int8_path), _BinCalibrationReader(files, name, shape),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     return onnx.load(int8_path)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _optimize(model: onnx.ModelProto, options: BuildOptions, workdir: Path) -> onnx.ModelProto:

@@ -55,7 +55,7 @@ _FILE_MODE = 0o666 & ~_process_umask()  # what open() would give; mkstemp alone 
 
 def atomic_write(path: str | PathLike, data: bytes | bytearray | memoryview | str, *,
                  durable: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it and a rename.
+    """Write ``data`` to ``path`` (creating its folder) through a temporary file beside it and a rename.
 
     ``durable`` also fsyncs the file before the rename (single important files: models, result.json).
     Bulk writers (one file per image) pass ``durable=False``: a crash then may lose the latest files but
@@ -64,6 +64,7 @@ def atomic_write(path: str | PathLike, data: bytes | bytearray | memoryview | st
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _FILE_MODE)

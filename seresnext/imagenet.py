@@ -11,6 +11,8 @@ import tarfile
 from os import PathLike
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["LabelError", "imagenet_class_names", "labels_from_devkit", "labels_from_class_folders",
            "VAL_IMAGE_NAME"]
 
@@ -70,7 +72,7 @@ def labels_from_devkit(devkit: str | PathLike) -> tuple[list[str], list[tuple[st
     except ImportError:
         raise LabelError("reading the devkit's meta.mat needs scipy: pip install scipy") from None
     try:
-        synsets = loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
+        synsets = np.atleast_1d(loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"])
         leaves = [(int(s["ILSVRC2012_ID"]), str(s["WNID"])) for s in synsets if int(s["num_children"]) == 0]
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise LabelError(f"{devkit}: {_META} is not the devkit's synset table ({exc})") from None

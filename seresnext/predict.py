@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, state_dict_from
+from .checkpoint import CheckpointError, apply_state_dict, load_checkpoint, state_dict_from
 from .model import se_resnext50_32x4d
 from .preprocess import CROP_SIZE, RESIZE_SIZE, preprocess_image
 
@@ -78,9 +78,10 @@ def read_checkpoint_info(path: str | PathLike, obj: Any = None) -> CheckpointInf
 
 def load_model(path: str | PathLike) -> tuple[nn.Module, CheckpointInfo]:
     """The SE-ResNeXt50_32x4d of a weight file or checkpoint (any class count), in eval mode, on the CPU."""
-    info = read_checkpoint_info(path)
+    obj = load_checkpoint(path)
+    info = read_checkpoint_info(path, obj)
     model = se_resnext50_32x4d(num_classes=info.num_classes)
-    load_model_weights(model, path)
+    apply_state_dict(model, state_dict_from(obj, path), path)
     return model.eval(), info
 
 

@@ -1,0 +1,279 @@
+"""The model build (atc script / seresnext.build) and the runner (benchmark.py) on a small-input model.
+
+The model is the real SE-ResNeXt50_32x4d exported at 64x64 (it pools adaptively), so every step runs the
+real graph in seconds; the AIPP config is the standard one scaled down (72x72 source, 64 crop at 4,4).
+"""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+import benchmark
+from offline_helpers import ROOT, STANDARD_AIPP, calibrated_model, make_val_folder, run_tool
+from seresnext import build
+from seresnext.aipp import apply_aipp_reference, encode_source, insert_aipp, load_aipp_config
+from seresnext.export import export_onnx
+from seresnext.formats import read_dump, read_perf_file, write_bin, write_info
+from seresnext.preprocess import load_rgb
+
+SIZE, SOURCE = 64, 72
+PERF_LINE = {
+    "e2e": r"\[e2e\] throughputRate: [\d.e+-]+, latency: [\d.e+-]+",
+    "data read": r"\[data read\] throughputRate: [\d.e+-]+, moduleLatency: [\d.e+-]+",
+    "preprocess": r"\[preprocess\] throughputRate: [\d.e+-]+, moduleLatency: [\d.e+-]+",
+    "infer": r"\[infer\] throughputRate: [\d.e+-]+, Interface throughputRate: [\d.e+-]+, moduleLatency: [\d.e+-]+",
+    "post": r"\[post\] throughputRate: [\d.e+-]+, moduleLatency: [\d.e+-]+",
+}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """tiny.onnx (dynamic batch), its static batch-4 build, its AIPP build, the small AIPP config."""
+    root = tmp_path_factory.mktemp("offline")
+    export_onnx(calibrated_model(num_classes=10, image_size=SIZE), root / "tiny.onnx", input_name="image",
+                output_name="class", batch_size=None, image_size=SIZE)
+    (root / "aipp_small.config").write_text(
+        STANDARD_AIPP.read_text().replace("256", str(SOURCE)).replace(": 16", ": 4").replace("224", str(SIZE)))
+    shape = f"image:4,3,{SIZE},{SIZE}"
+    build.main([f"--model={root / 'tiny.onnx'}", "--framework=5", f"--output={root / 'tiny_4'}",
+                "--input_format=NCHW", f"--input_shape={shape}", "--log=info"])
+    build.main([f"--model={root / 'tiny.onnx'}", "--framework=5", f"--output={root / 'tiny_aipp_4'}",
+                "--input_format=NCHW", f"--input_shape={shape}", f"--insert_op_conf={root / 'aipp_small.config'}"])
+    return root
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _bins(folder: Path, count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal((3, SIZE, SIZE), dtype=np.float32) for _ in range(count)]
+    for index, array in enumerate(arrays, 1):
+        write_bin(folder / f"ILSVRC2012_val_{index:08d}.bin", array)
+    return arrays
+
+
+def _run(tmp_path, *flags):
+    return run_tool(benchmark, ["-model_type=vision", "-device_id=0", "-warmup=1", *flags,
+                                f"-result_dir={tmp_path / 'result'}"])
+
+
+def test_build_fixes_the_batch_saves_optimizations_and_records_them(work):
+    model = onnx.load(work / "tiny_4.onnx")
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [4, 3, SIZE, SIZE]
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["seresnext.build"])
+    assert (meta["precision"], meta["optimization"], meta["target"]) == ("fp32", "extended", "cpu")
+    assert any(n.domain == "com.microsoft" for n in model.graph.node)  # ORT's fused ops, saved once
+    aipp = onnx.load(work / "tiny_aipp_4.onnx")
+    assert [d.dim_value for d in aipp.graph.input[0].type.tensor_type.shape.dim] == [4, SOURCE * 3 // 2, SOURCE]
+    assert aipp.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+
+
+def test_aipp_model_equals_reference_preprocessing_then_model(work):
+    config = load_aipp_config(work / "aipp_small.config")
+    source = np.random.default_rng(1).integers(0, 256, size=config.input_shape(4), dtype=np.uint8)
+    with_aipp = _session(work / "tiny_aipp_4.onnx").run(None, {"image": source})[0]
+    plain = _session(work / "tiny.onnx").run(None, {"image": apply_aipp_reference(config, source)})[0]
+    assert np.abs(with_aipp - plain).max() < 1e-4
+
+
+def test_aipp_crop_must_fit_the_model_input(work, tmp_path):
+    config_path = tmp_path / "wrong.config"
+    config_path.write_text(STANDARD_AIPP.read_text())  # hands 224x224 to a 64x64 model
+    with pytest.raises(ValueError, match="hands the model 224x224 .* takes 64x64"):
+        insert_aipp(onnx.load(work / "tiny.onnx"), load_aipp_config(config_path), "tiny.onnx")
+
+
+def test_bin_run_writes_one_dump_per_image_with_a_partial_last_batch(work, tmp_path):
+    arrays = _bins(tmp_path / "bins", 10)
+    write_info(tmp_path / "bin.info", [(str(p), SIZE, SIZE) for p in sorted((tmp_path / "bins").iterdir())])
+    status, out, err = _run(tmp_path, f"-om_path={work / 'tiny_4.onnx'}", "-batch_size=4",
+                            f"-input_text_path={tmp_path / 'bin.info'}", f"-input_width={SIZE}",
+                            f"-input_height={SIZE}", "-output_binary=false", "-useDvpp=false")
+    assert status == 0, err
+    dumps = sorted((tmp_path / "result" / "dumpOutput_device0").iterdir())
+    assert [p.name for p in dumps] == [f"ILSVRC2012_val_{i:08d}_1.txt" for i in range(1, 11)]
+    expected = _session(work / "tiny.onnx").run(None, {"image": np.stack(arrays)})[0]
+    for row, path in enumerate(dumps):
+        np.testing.assert_allclose(read_dump(path), expected[row], atol=1e-4)
+    perf_path = tmp_path / "result" / "perf_vision_batchsize_4_device_0.txt"
+    lines = perf_path.read_text().splitlines()
+    assert len(lines) == 5
+    for line, pattern in zip(lines, PERF_LINE.values()):
+        assert __import__("re").fullmatch(pattern, line), line
+    perf = read_perf_file(perf_path)
+    assert perf["e2e"]["throughputRate"] > 0 and perf["infer"]["moduleLatency"] > 0
+    assert "-----------------Performance Summary------------------" in out
+    assert "[inference] throughputRate:" in out and "p50" in out and "p99" in out and "10 images" in out
+
+
+def test_binary_dumps_and_a_dynamic_batch_model(work, tmp_path):
+    arrays = _bins(tmp_path / "bins", 5, seed=3)
+    write_info(tmp_path / "bin.info", [(str(p), SIZE, SIZE) for p in sorted((tmp_path / "bins").iterdir())])
+    status, _, err = _run(tmp_path, f"-om_path={work / 'tiny.onnx'}", "-batch_size=3",
+                          f"-input_text_path={tmp_path / 'bin.info'}", f"-input_width={SIZE}",
+                          f"-input_height={SIZE}", "-output_binary=true")
+    assert status == 0, err
+    dumps = sorted((tmp_path / "result" / "dumpOutput_device0").iterdir())
+    assert [p.suffix for p in dumps] == [".bin"] * 5
+    expected = _session(work / "tiny.onnx").run(None, {"image": np.stack(arrays)})[0]
+    for row, path in enumerate(dumps):
+        assert path.stat().st_size == 10 * 4
+        np.testing.assert_allclose(read_dump(path), expected[row], atol=1e-4)
+    assert (tmp_path / "result" / "perf_vision_batchsize_3_device_0.txt").is_file()
+
+
+def test_bad_bin_and_missing_files_are_listed_and_the_rest_is_run(work, tmp_path):
+    _bins(tmp_path / "bins", 6)
+    (tmp_path / "bins" / "ILSVRC2012_val_00000003.bin").write_bytes(b"\0" * 100)
+    paths = [str(p) for p in sorted((tmp_path / "bins").iterdir())] + [str(tmp_path / "bins" / "gone.bin")]
+    write_info(tmp_path / "bin.info", [(p, SIZE, SIZE) for p in paths])
+    status, _, err = _run(tmp_path, f"-om_path={work / 'tiny_4.onnx'}", "-batch_size=4",
+                          f"-input_text_path={tmp_path / 'bin.info'}", f"-input_width={SIZE}",
+                          f"-input_height={SIZE}")
+    assert status == 1
+    assert f"bin.info:3: {paths[2]}: 100 bytes, expected 49152" in err
+    assert f"bin.info:7: {paths[6]}: no such file" in err
+    assert "2 image(s) failed; 5 processed" in err
+    names = sorted(p.name for p in (tmp_path / "result" / "dumpOutput_device0").iterdir())
+    assert names == [f"ILSVRC2012_val_{i:08d}_1.txt" for i in (1, 2, 4, 5, 6)]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["-input_width=72"], r"-input_width=72 -input_height=64 do not match .*tiny_4.onnx: its input is image\[4, 3, 64, 64\]"),
+    (["-batch_size=8"], r"-batch_size=8 but .*tiny_4.onnx has a static batch of 4"),
+    (["-useDvpp=true"], r"-useDvpp=true needs a model with AIPP"),
+    (["-useDvpp=maybe"], r"expected true or false"),
+    (["-input_text_path={tmp}/bad.info"], r"bad.info:2: expected 'index path width height'"),
+    (["-input_text_path={tmp}/none.info"], r"none.info: no such .info file"),
+    (["-om_path={tmp}/model.om"], r"model.om is an Ascend offline model .* se_resnext50_32x4d_atc.sh"),
+    (["-om_path={tmp}/missing.onnx"], r"-om_path=.*missing.onnx: no such file"),
+    (["-provider=tensorrt"], r"-provider=tensorrt: this ONNX Runtime has no TensorrtExecutionProvider"),
+    (["-model_type=nlp"], r"-model_type=nlp: only vision is supported"),
+])
+def test_flag_and_model_mismatches_are_clear_errors(work, tmp_path, flags, message):
+    _bins(tmp_path / "bins", 1)
+    write_info(tmp_path / "ok.info", [(str(tmp_path / "bins" / "ILSVRC2012_val_00000001.bin"), SIZE, SIZE)])
+    (tmp_path / "bad.info").write_text(f"0 {tmp_path}/bins/ILSVRC2012_val_00000001.bin 64 64\n1 x.bin\n")
+    (tmp_path / "model.om").write_bytes(b"om")
+    base = {"-om_path": str(work / "tiny_4.onnx"), "-batch_size": "4", "-input_width": str(SIZE),
+            "-input_height": str(SIZE), "-input_text_path": str(tmp_path / "ok.info")}
+    for flag in flags:
+        key, value = flag.split("=", 1)
+        base[key] = value.format(tmp=tmp_path)
+    status, _, err = _run(tmp_path, *[f"{k}={v}" for k, v in base.items()])
+    assert status in (1, 2)
+    assert __import__("re").search(message, err), err
+
+
+def test_aipp_model_needs_dvpp_mode_and_its_source_size(work, tmp_path):
+    make_val_folder(tmp_path / "val", [(90, 70, "RGB", "JPEG")])
+    from get_info import main as get_info_main
+    get_info_main(["jpg", str(tmp_path / "val"), str(tmp_path / "jpg.info")])
+    common = [f"-om_path={work / 'tiny_aipp_4.onnx'}", "-batch_size=4", f"-input_text_path={tmp_path / 'jpg.info'}"]
+    status, _, err = _run(tmp_path, *common, f"-input_width={SOURCE}", f"-input_height={SOURCE}", "-useDvpp=false")
+    assert status == 1 and "has AIPP" in err and "-useDvpp=true" in err
+    status, _, err = _run(tmp_path, *common, "-input_width=256", "-input_height=256", "-useDvpp=true")
+    assert status == 1 and "its AIPP input is 72x72" in err
+
+
+def test_dvpp_mode_decodes_resizes_and_feeds_the_aipp_model(work, tmp_path):
+    specs = [(120, 90, "RGB", "JPEG"), (80, 100, "L", "JPEG"), (100, 100, "CMYK", "JPEG"), (90, 90, "RGB", "PNG"),
+             (72, 72, "RGB", "JPEG")]
+    files = make_val_folder(tmp_path / "val", specs)
+    (tmp_path / "val" / "ILSVRC2012_val_00000009.JPEG").write_text("not a jpeg")
+    write_info(tmp_path / "jpg.info", [(str(p), 1, 1) for p in sorted((tmp_path / "val").iterdir())])
+    status, _, err = _run(tmp_path, f"-om_path={work / 'tiny_aipp_4.onnx'}", "-batch_size=4",
+                          f"-input_text_path={tmp_path / 'jpg.info'}", f"-input_width={SOURCE}",
+                          f"-input_height={SOURCE}", "-useDvpp=true", "-output_binary=false")
+    assert status == 1 and "jpg.info:6:" in err and "not an image" in err
+    config = load_aipp_config(work / "aipp_small.config")
+    sources = np.stack([encode_source(config, np.asarray(load_rgb(p).resize((SOURCE, SOURCE), Image.BILINEAR)))
+                        for p in files] + [np.zeros(config.input_shape(1)[1:], np.uint8)] * 3)
+    session = _session(work / "tiny_aipp_4.onnx")
+    expected = np.concatenate([session.run(None, {"image": sources[i:i + 4]})[0] for i in (0, 4)])
+    for row, path in enumerate(files):
+        dump = tmp_path / "result" / "dumpOutput_device0" / (path.name.split(".")[0] + "_1.txt")
+        np.testing.assert_allclose(read_dump(dump), expected[row], atol=1e-4)
+
+
+def test_pure_inference_mode_reports_model_throughput(work, tmp_path):
+    status, out, err = _run(tmp_path, "-round=3", f"-om_path={work / 'tiny_4.onnx'}", "-batch_size=4",
+                            f"-input_width={SIZE}", f"-input_height={SIZE}")
+    assert status == 0, err
+    assert out.count("[INFO] Dataset number:") == 3 and "ave_throughputRate:" in out
+    text = (tmp_path / "result" / "PureInfer_perf_of_tiny_4_in_device_0.txt").read_text()
+    assert __import__("re").fullmatch(r"ave_throughputRate = [\d.]+samples/s, ave_latency = [\d.]+ms\n", text)
+
+
+def test_atc_script_builds_both_onnx_models_without_atc(work, tmp_path):
+    env = dict(os.environ, PATH="/usr/bin:/bin", PYTHON=str(Path(os.sys.executable)))
+    result = subprocess.run(
+        ["bash", str(ROOT / "se_resnext50_32x4d_atc.sh"), f"--model={work / 'tiny.onnx'}", "--batch_size=2",
+         f"--image_size={SIZE}", f"--aipp_config={work / 'aipp_small.config'}", f"--output_dir={tmp_path}"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    binary, aipp = onnx.load(tmp_path / "seresnext50_32x4d_2.onnx"), onnx.load(tmp_path / "seresnext50_32x4d_aipp_2.onnx")
+    assert [d.dim_value for d in binary.graph.input[0].type.tensor_type.shape.dim] == [2, 3, SIZE, SIZE]
+    assert [d.dim_value for d in aipp.graph.input[0].type.tensor_type.shape.dim] == [2, SOURCE * 3 // 2, SOURCE]
+    assert "atc not used" in result.stdout
+
+
+def test_atc_script_runs_upstreams_atc_commands_when_atc_is_installed(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "atc").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/atc_calls\n')
+    (bin_dir / "atc").chmod(0o755)
+    (tmp_path / "se_resnext50_32x4d.onnx").write_bytes(b"onnx")
+    env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin")
+    result = subprocess.run(["bash", str(ROOT / "se_resnext50_32x4d_atc.sh")], cwd=tmp_path, capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "atc_calls").read_text().splitlines()
+    common = ("--model=./se_resnext50_32x4d.onnx --framework=5 --output=./seresnext50_32x4d{} "
+              "--input_format=NCHW --input_shape=image:16,3,224,224 --log=info --soc_version=Ascend310")
+    assert calls == [common.format("_16"),
+                     common.format("_aipp_16") + f" --insert_op_conf={ROOT / 'aipp_se_resnext50_32x4d_pth.config'}"]
+
+
+def test_atc_script_reports_a_bad_aipp_field_with_its_line(work, tmp_path):
+    (tmp_path / "bad.config").write_text((work / "aipp_small.config").read_text().replace("crop: true", "crop: yes"))
+    env = dict(os.environ, PATH="/usr/bin:/bin", PYTHON=str(Path(os.sys.executable)))
+    result = subprocess.run(
+        ["bash", str(ROOT / "se_resnext50_32x4d_atc.sh"), f"--model={work / 'tiny.onnx'}", "--batch_size=2",
+         f"--image_size={SIZE}", f"--aipp_config={tmp_path / 'bad.config'}", f"--output_dir={tmp_path}"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    assert "bad.config:8: crop must be true or false, got 'yes'" in result.stderr
+
+
+def test_build_rejects_a_shape_the_model_does_not_take(work, tmp_path):
+    with pytest.raises(build.BuildError, match=r"image:4,3,224,224 does not match .* input image\['-1', 3, 64, 64\]"):
+        build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'x'}", "--input_shape=image:4,3,224,224"])
+    with pytest.raises(build.BuildError, match=r"has no input 'input'"):
+        build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'x'}", "--input_shape=input:4,3,64,64"])
+    with pytest.raises(build.BuildError, match=r"--input_shape='image': expected 'name:N,C,H,W'"):
+        build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'x'}", "--input_shape=image"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_int8_build_is_calibrated_on_bins_and_runs(work, tmp_path):
+    _bins(tmp_path / "calib", 8, seed=5)
+    build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'tiny_int8_4'}", "--input_shape=image:4,3,64,64",
+                "--precision=int8", f"--calib_dir={tmp_path / 'calib'}", "--calib_count=8"])
+    model = onnx.load(tmp_path / "tiny_int8_4.onnx")
+    assert json.loads({p.key: p.value for p in model.metadata_props}["seresnext.build"])["precision"] == "int8"
+    assert any("QLinear" in n.op_type or "QuantizeLinear" in n.op_type for n in model.graph.node)
+    feed = np.random.default_rng(9).standard_normal((4, 3, SIZE, SIZE), dtype=np.float32)
+    assert _session(tmp_path / "tiny_int8_4.onnx").run(None, {"image": feed})[0].shape == (4, 10)
+    with pytest.raises(build.BuildError, match="--precision=int8 needs --calib_dir"):
+        build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'y'}", "--input_shape=image:4,3,64,64",
+                    "--precision=int8"])
