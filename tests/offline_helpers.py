@@ -148,3 +148,48 @@ def env_with_repo() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+# --------------------------------------------------------------------------------------------------
+# A "trained" small model for agreement checks: classes are colour families (what a wrong channel
+# order or colour conversion would break), images vary in size and aspect ratio (what DVPP's squash
+# resize changes), and the head is fitted (ridge regression) on the real SE-ResNeXt's features.
+HUES = ((200, 40, 40), (40, 170, 60), (50, 70, 210), (220, 200, 40))
+
+
+def colour_class_image(path: Path, cls: int, seed: int) -> Path:
+    from PIL import ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    width, height = int(rng.integers(60, 160)), int(rng.integers(60, 160))
+    image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3) // 2 + 64))
+    draw = ImageDraw.Draw(image)
+    colour = tuple(int(c) for c in np.clip(np.array(HUES[cls]) + rng.integers(-30, 30, 3), 0, 255))
+    for _ in range(int(rng.integers(1, 4))):
+        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+        draw.ellipse([x0, y0, x0 + int(rng.integers(width // 4, width // 2 + 1)),
+                      y0 + int(rng.integers(height // 4, height // 2 + 1))], fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.filter(ImageFilter.GaussianBlur(1)).save(path, quality=90)
+    return path
+
+
+def probe_trained_model(images: list[tuple[Path, int]], resize: int, crop: int, ridge: float = 1.0):
+    """calibrated_model with ``last_linear`` fitted to ``(image, class)`` pairs on the .bin preprocessing."""
+    import torch
+
+    from seresnext.preprocess import preprocess_image
+
+    classes = max(c for _, c in images) + 1
+    model = calibrated_model(num_classes=classes, image_size=crop)
+    batch = torch.from_numpy(np.stack([preprocess_image(p, resize=resize, crop=crop) for p, _ in images]))
+    with torch.no_grad():
+        features = torch.flatten(model.avg_pool(model.features(batch)), 1).double().numpy()
+    targets = np.eye(classes)[[c for _, c in images]] - 1.0 / classes
+    mean = features.mean(axis=0)
+    centred = features - mean
+    weight = np.linalg.solve(centred.T @ centred + ridge * np.eye(features.shape[1]), centred.T @ targets)
+    with torch.no_grad():
+        model.last_linear.weight.copy_(torch.from_numpy(weight.T * 10))
+        model.last_linear.bias.copy_(torch.from_numpy(-(mean @ weight) * 10))
+    return model

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 import benchmark
-from offline_helpers import ROOT, STANDARD_AIPP, calibrated_model, make_val_folder, run_tool
+from offline_helpers import (ROOT, STANDARD_AIPP, colour_class_image, make_val_folder, probe_trained_model,
+                             run_tool)
 from seresnext import build
 from seresnext.aipp import apply_aipp_reference, encode_source, insert_aipp, load_aipp_config
 from seresnext.export import export_onnx
@@ -32,14 +33,31 @@ PERF_LINE = {
 }
 
 
+def small_aipp_text() -> str:
+    """The standard config for a 72x72 source and a 64x64 model (crop at 4,4: the same 0.875 ratio)."""
+    text = STANDARD_AIPP.read_text()
+    for old, new in (("src_image_size_w : 256", f"src_image_size_w : {SOURCE}"),
+                     ("src_image_size_h : 256", f"src_image_size_h : {SOURCE}"),
+                     ("load_start_pos_h : 16", "load_start_pos_h : 4"),
+                     ("load_start_pos_w : 16", "load_start_pos_w : 4"),
+                     ("crop_size_w : 224", f"crop_size_w : {SIZE}"), ("crop_size_h: 224", f"crop_size_h: {SIZE}")):
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
-    """tiny.onnx (dynamic batch), its static batch-4 build, its AIPP build, the small AIPP config."""
+    """tiny.onnx (dynamic batch, 4 colour classes, head fitted on train images), its static batch-4 build,
+    its AIPP build, the small AIPP config, and train/ and val/ images."""
     root = tmp_path_factory.mktemp("offline")
-    export_onnx(calibrated_model(num_classes=10, image_size=SIZE), root / "tiny.onnx", input_name="image",
+    train = [(colour_class_image(root / "train" / f"t{i}.jpg", i % 4, seed=i), i % 4) for i in range(80)]
+    for i in range(60):
+        colour_class_image(root / "val" / f"ILSVRC2012_val_{i + 1:08d}.JPEG", i % 4, seed=1000 + i)
+    (root / "val_label.txt").write_text("".join(f"ILSVRC2012_val_{i + 1:08d}.JPEG {i % 4}\n" for i in range(60)))
+    export_onnx(probe_trained_model(train, resize=SOURCE, crop=SIZE), root / "tiny.onnx", input_name="image",
                 output_name="class", batch_size=None, image_size=SIZE)
-    (root / "aipp_small.config").write_text(
-        STANDARD_AIPP.read_text().replace("256", str(SOURCE)).replace(": 16", ": 4").replace("224", str(SIZE)))
+    (root / "aipp_small.config").write_text(small_aipp_text())
     shape = f"image:4,3,{SIZE},{SIZE}"
     build.main([f"--model={root / 'tiny.onnx'}", "--framework=5", f"--output={root / 'tiny_4'}",
                 "--input_format=NCHW", f"--input_shape={shape}", "--log=info"])
@@ -126,7 +144,7 @@ def test_binary_dumps_and_a_dynamic_batch_model(work, tmp_path):
     assert [p.suffix for p in dumps] == [".bin"] * 5
     expected = _session(work / "tiny.onnx").run(None, {"image": np.stack(arrays)})[0]
     for row, path in enumerate(dumps):
-        assert path.stat().st_size == 10 * 4
+        assert path.stat().st_size == 4 * 4
         np.testing.assert_allclose(read_dump(path), expected[row], atol=1e-4)
     assert (tmp_path / "result" / "perf_vision_batchsize_3_device_0.txt").is_file()
 
@@ -273,7 +291,39 @@ def test_int8_build_is_calibrated_on_bins_and_runs(work, tmp_path):
     assert json.loads({p.key: p.value for p in model.metadata_props}["seresnext.build"])["precision"] == "int8"
     assert any("QLinear" in n.op_type or "QuantizeLinear" in n.op_type for n in model.graph.node)
     feed = np.random.default_rng(9).standard_normal((4, 3, SIZE, SIZE), dtype=np.float32)
-    assert _session(tmp_path / "tiny_int8_4.onnx").run(None, {"image": feed})[0].shape == (4, 10)
+    assert _session(tmp_path / "tiny_int8_4.onnx").run(None, {"image": feed})[0].shape == (4, 4)
     with pytest.raises(build.BuildError, match="--precision=int8 needs --calib_dir"):
         build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'y'}", "--input_shape=image:4,3,64,64",
                     "--precision=int8"])
+
+
+def test_chain_bin_and_aipp_paths_agree_on_top1(work, tmp_path, monkeypatch):
+    """The README chain at 64x64: preprocess -> get_info -> runner (both modes) -> metric. With a model
+    whose classes are colours, the DVPP + AIPP path must agree with the .bin path on >= 95% of images (a
+    wrong swap or matrix would not), as the seed's JPEG path costs about 0.7 points of top-1."""
+    import get_info
+    import vision_metric_ImageNet
+    from seresnext.preprocess import preprocess_image
+
+    monkeypatch.chdir(tmp_path)
+    for path in sorted((work / "val").iterdir()):  # upstream's algorithm at this model's 72 -> 64 sizes
+        write_bin(tmp_path / "prep_bin" / (path.name.split(".")[0] + ".bin"),
+                  preprocess_image(path, resize=SOURCE, crop=SIZE))
+    assert run_tool(get_info, ["bin", "./prep_bin", "./val.info", SIZE, SIZE])[0] == 0
+    assert run_tool(get_info, ["jpg", work / "val", "./jpg.info"])[0] == 0
+    top1 = {}
+    for mode, model, info, size in (("bin", "tiny_4", "val.info", SIZE), ("jpg", "tiny_aipp_4", "jpg.info", SOURCE)):
+        status, _, err = run_tool(benchmark, [f"-om_path={work / model}.onnx", "-batch_size=4", "-warmup=0",
+                                              f"-input_text_path={info}", f"-input_width={size}",
+                                              f"-input_height={size}", f"-useDvpp={mode == 'jpg'}",
+                                              f"-result_dir=result_{mode}"])
+        assert status == 0, err
+        status, out, err = run_tool(vision_metric_ImageNet, [f"result_{mode}/dumpOutput_device0",
+                                                             work / "val_label.txt", ".", f"{mode}.json"])
+        assert status == 0, err
+        top1[mode] = {p.name: int(read_dump(p).argmax()) for p in Path(f"result_{mode}/dumpOutput_device0").iterdir()}
+        accuracy = json.loads(Path(f"{mode}.json").read_text())["value"][2]["value"]
+        assert float(accuracy.rstrip("%")) >= 85.0, (mode, accuracy)
+    assert len(top1["bin"]) == len(top1["jpg"]) == 60
+    agreement = np.mean([top1["bin"][name] == top1["jpg"][name] for name in top1["bin"]])
+    assert agreement >= 0.95, agreement
