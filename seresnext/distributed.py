@@ -12,6 +12,7 @@ The backend follows the device (hccl on npu, nccl on cuda, gloo on cpu) unless `
 """
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -22,11 +23,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .devices import dist_backend_for
 
 __all__ = ["DistContext", "LaunchPlan", "parse_device_list", "torchrun_env", "plan_launch", "choose_backend",
-           "init_distributed", "shutdown", "all_reduce_sum", "any_rank", "average_buffers", "spawn_workers"]
+           "init_distributed", "shutdown", "wrap_ddp", "all_reduce_sum", "any_rank", "average_buffers",
+           "is_peer_failure", "spawn_workers"]
 
 
 @dataclass(frozen=True)
@@ -144,13 +147,30 @@ def init_distributed(plan: LaunchPlan, process_index: int, backend: str, *, dist
             init_method = "env://"
     if world <= 1:
         return DistContext(device_index=device_index)
-    dist.init_process_group(backend=backend, init_method=init_method, world_size=world, rank=rank)
+    if plan.mode == "torchrun":
+        # The agent's store outlives a worker restart and still holds the dead workers' addresses under the
+        # same keys; a per-attempt prefix keeps the restarted group from reading them.
+        store, _, _ = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"/seresnext/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group(backend=backend, store=store, world_size=world, rank=rank)
+    else:
+        dist.init_process_group(backend=backend, init_method=init_method, world_size=world, rank=rank)
     return DistContext(rank, world, local, plan.procs_per_node, device_index, backend)
 
 
 def shutdown(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext, device: torch.device) -> DistributedDataParallel:
+    """DDP without per-step buffer syncing (upstream's ``broadcast_buffers=False``; newer torch spells it
+    ``forward_sync_buffers=False``). BatchNorm statistics are averaged per epoch by :func:`average_buffers`."""
+    no_sync = ({"forward_sync_buffers": False}
+               if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else {"broadcast_buffers": False})
+    return DistributedDataParallel(model, device_ids=None if device.type == "cpu" else [ctx.device_index],
+                                   **no_sync)
 
 
 def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -188,6 +208,16 @@ def average_buffers(module: nn.Module, ctx: DistContext) -> None:
     for b in buffers:
         b.copy_(flat[offset:offset + b.numel()].view_as(b))
         offset += b.numel()
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process died (not a bug in this one)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "gloo/transport",
+                                      "NCCL communicator was aborted", "HCCL"))
 
 
 def spawn_workers(fn: Callable[..., None], nprocs: int, args: Sequence) -> int:
