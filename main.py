@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""Train or evaluate SE-ResNeXt50_32x4d on an ImageFolder dataset (upstream ``main.py``, same flags and logs).
+
+    python main.py --data_path /data/imagenet --amp --opt-level O2                    # 1 device
+    python main.py --data_path /data/imagenet --amp --multiprocessing-distributed \\
+        --device-list 0,1,2,3,4,5,6,7 --world-size 1 --rank 0 --addr 127.0.0.1 --port 29588   # 8 devices
+    torchrun --nproc_per_node 8 main.py --data_path /data/imagenet --amp             # same, with torchrun
+    python main.py --resume ./model_best.pth.tar --evaluate --data_path /data/imagenet     # evaluate only
+
+Runs on cpu, cuda and (with torch_npu) npu; see docs/training.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seresnext import data
+from seresnext.checkpoint import (BEST_NAME, CheckpointError, apply_state_dict, find_latest_checkpoint,
+                                  load_model_weights, load_training_checkpoint, plain_data,
+                                  save_training_checkpoint)
+from seresnext.devices import AMP_DTYPES, OPT_LEVELS, make_device, normalize_device_type, resolve_precision
+from seresnext.distributed import (LaunchPlan, any_rank, average_buffers, choose_backend, init_distributed,
+                                   is_peer_failure, plan_launch, shutdown, spawn_workers, wrap_ddp)
+from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, cosine_lr,
+                              check_finite_weights, evaluate, train_one_epoch)
+from seresnext.model import se_resnext50_32x4d
+from seresnext.training_log import LOG_NAME, PLOT_NAME, append_record, drop_records_from, plot_curves, read_records
+
+PROG = "main.py"
+SYNTHETIC_TRAIN_STEPS = 50  # --synthetic: an epoch is this many global batches; validation is 2
+KNOWN_ERRORS = (data.DataError, CheckpointError, NonFiniteLossError, ValueError)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """Upstream's flags (same spelling and defaults; prefixes such as ``--data=`` and ``--epoch=`` still
+    work), then the additions. Keep new flags from starting with ``--data`` or ``--epoch``."""
+    parser = argparse.ArgumentParser(prog=PROG, add_help=add_help,
+                                     description="SE-ResNeXt50_32x4d ImageNet training (Ascend ModelZoo main.py)")
+    # dataset
+    parser.add_argument("--data_path", metavar="DIR", default="/dataset/imagenet",
+                        help="dataset root with train/ and val/ in ImageFolder layout (default: /dataset/imagenet)")
+    parser.add_argument("-j", "--workers", default=4, type=int, metavar="N",
+                        help="data loading workers for the whole node, split across its processes (default: 4)")
+    # training
+    parser.add_argument("--epochs", default=90, type=int, metavar="N", help="number of total epochs to run")
+    parser.add_argument("--start-epoch", default=0, type=int, metavar="N",
+                        help="manual epoch number to start at (a resumed checkpoint overrides it)")
+    parser.add_argument("-b", "--batch-size", default=256, type=int, metavar="N",
+                        help="mini-batch size for the whole node, split across its processes (default: 256)")
+    parser.add_argument("--lr", "--learning-rate", default=0.1, type=float, metavar="LR", dest="lr",
+                        help="initial learning rate (cosine decay per epoch)")
+    parser.add_argument("--gamma", default=0.1, type=float, metavar="GAM", help="unused (kept from upstream)")
+    parser.add_argument("--momentum", default=0.9, type=float, metavar="M", help="SGD momentum")
+    parser.add_argument("--wd", "--weight-decay", default=1e-4, type=float, metavar="W", dest="weight_decay",
+                        help="weight decay (default: 1e-4)")
+    # devices and processes
+    parser.add_argument("--seed", default=None, type=int,
+                        help="seed for weight init (data order and augmentation are always seeded, with 0 "
+                             "when no seed is given)")
+    parser.add_argument("--device", default=None, type=str,
+                        help="npu, cuda (or gpu), cpu; default: npu if torch_npu sees one, else cuda, else cpu")
+    parser.add_argument("--device-list", default="0,1,2,3,4,5,6,7", type=str,
+                        help="device ids, one process each with --multiprocessing-distributed")
+    parser.add_argument("--gpu", default=None, type=int, help="device id of a single-process run")
+    parser.add_argument("--multiprocessing-distributed", action="store_true",
+                        help="spawn one process per --device-list entry on this node")
+    parser.add_argument("--world-size", default=-1, type=int,
+                        help="number of nodes (with --multiprocessing-distributed) or of processes")
+    parser.add_argument("--rank", default=-1, type=int, help="node rank (or process rank without spawning)")
+    parser.add_argument("--dist-url", default="", type=str,
+                        help="rendezvous URL, e.g. tcp://10.0.0.1:29588 (default: --addr/--port)")
+    parser.add_argument("--dist-backend", default=None, type=str,
+                        help="hccl, nccl or gloo (default: by device: hccl on npu, nccl on cuda, gloo on cpu)")
+    parser.add_argument("--addr", default="", type=str, help="master address (default: 127.0.0.1)")
+    parser.add_argument("--port", default="", type=str, help="master port (default: 29500)")
+    # mixed precision (apex flags, mapped to torch.amp)
+    parser.add_argument("--amp", default=False, action="store_true",
+                        help="mixed precision: float16 + loss scaling on cuda/npu, bfloat16 on cpu")
+    parser.add_argument("--opt-level", default=None, type=str, choices=OPT_LEVELS,
+                        help="apex opt level: O1/O2/O3 use autocast, O0 keeps float32")
+    parser.add_argument("--loss-scale-value", default="1024", type=str,
+                        help="float16 loss scale: a number (static) or 'dynamic' (default: 1024)")
+    # other upstream flags
+    parser.add_argument("--pretrained", nargs="?", const="./model_best.pth.tar", default=None, metavar="PATH",
+                        help="fine-tune from a checkpoint or Cadene weight file with a fresh last_linear and a "
+                             "frozen backbone (default path: ./model_best.pth.tar)")
+    parser.add_argument("-p", "--print-freq", default=10, type=int, metavar="N", help="print frequency (steps)")
+    parser.add_argument("--eval-freq", default=10, type=int, help="validate every N epochs (and after the last)")
+    parser.add_argument("--stop-step-num", default=None, type=int,
+                        help="stop after this many training steps (this run), then validate and save")
+    parser.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to continue from")
+    parser.add_argument("-e", "--evaluate", dest="evaluate", action="store_true",
+                        help="only evaluate (the --resume or --pretrained weights) on the val set")
+    parser.add_argument("--profile", default=0, type=int,
+                        help="1: write a Chrome trace of one training step to <output-dir>/output.prof")
+    # additions
+    parser.add_argument("--output-dir", default=".", type=str,
+                        help="checkpoints, train_log.jsonl and train_curves.png go here (default: .)")
+    parser.add_argument("--num-classes", default=None, type=int,
+                        help="classifier outputs (default: the dataset's class count; 1000 with --synthetic)")
+    parser.add_argument("--image-size", default=224, type=int, help="train crop size (default: 224)")
+    parser.add_argument("--val-resize-size", default=None, type=int,
+                        help="val short-side resize (default: 256 for 224 px, same ratio otherwise)")
+    parser.add_argument("--val-crop-size", default=None, type=int, help="val centre crop (default: --image-size)")
+    parser.add_argument("--label-smoothing", default=0.0, type=float, help="cross-entropy label smoothing")
+    parser.add_argument("--warmup-epochs", default=0, type=int, help="linear per-step learning-rate warm-up")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training model")
+    parser.add_argument("--amp-dtype", default=None, choices=sorted(AMP_DTYPES),
+                        help="autocast dtype (implies --amp; default: float16 on cuda/npu, bfloat16 on cpu)")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="continue from the newest checkpoint in --output-dir, if there is one")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="random tensors instead of a dataset (throughput runs; --data_path is ignored)")
+    parser.add_argument("--max-nonfinite-steps", default=20, type=int,
+                        help="stop when the loss has been NaN/inf for this many consecutive steps (default: 20)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """Check the flags and the dataset, then run :func:`main_worker` here or in spawned processes."""
+    requested = args.device
+    args.device = normalize_device_type(requested)
+    if os.environ.get("RANK", "0") == "0":
+        how = "picked automatically: npu > cuda > cpu" if requested in (None, "auto") else f"--device {requested}"
+        print(f"=> device: {args.device} ({how})", flush=True)
+    resolve_precision(args.device, args.amp, args.opt_level, args.amp_dtype, args.loss_scale_value)
+    for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs),
+                        ("--print-freq", args.print_freq), ("--eval-freq", args.eval_freq),
+                        ("--image-size", args.image_size), ("--max-nonfinite-steps", args.max_nonfinite_steps)):
+        if value < 1:
+            raise ValueError(f"{flag} {value}: must be at least 1")
+    if args.workers < 0:
+        raise ValueError(f"--workers {args.workers}: must be 0 or more")
+    plan = plan_launch(multiprocessing_distributed=args.multiprocessing_distributed, device_list=args.device_list,
+                       world_size=args.world_size, rank=args.rank, gpu=args.gpu)
+    backend = choose_backend(args.device, args.dist_backend) if plan.distributed else None
+    if not args.synthetic:
+        data.check_image_folder(args.data_path, ("val",) if args.evaluate else ("train", "val"))
+    if args.pretrained and not os.path.isfile(args.pretrained):
+        raise CheckpointError(f"--pretrained {args.pretrained}: no such file")
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if plan.mode == "spawn":
+        return spawn_workers(spawned_worker, plan.procs_per_node, (args, plan, backend))
+    return run_worker(0, args, plan, backend)
+
+
+def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None) -> int:
+    """One training (or evaluation) process: device, data, model, loss, optimizer, AMP, resume, DDP, loop."""
+    ctx = init_distributed(plan, process_index, backend or "gloo", dist_url=args.dist_url, addr=args.addr,
+                           port=args.port)
+    try:
+        printer = Printer(ctx, progress_bar=sys.stdout.isatty())
+        device = make_device(args.device, ctx.device_index)
+        printer.line(f"{printer.npu_id} Use {args.device.upper()}: {ctx.device_index} for training "
+                     f"({ctx.world_size} process(es), backend {ctx.backend or 'none'})")
+        if device.type == "cpu" and ctx.local_world_size > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_world_size))
+        batch_size = max(1, args.batch_size // ctx.local_world_size)
+        workers = (args.workers + ctx.local_world_size - 1) // ctx.local_world_size
+        data_seed = args.seed if args.seed is not None else 0
+        if args.seed is not None:
+            random.seed(args.seed)
+            torch.manual_seed(args.seed)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        output_dir = Path(args.output_dir)
+
+        # data
+        resize_size, crop_size = data.val_sizes(args.image_size, args.val_resize_size, args.val_crop_size)
+        if args.synthetic:
+            num_classes = args.num_classes or 1000
+            global_batch = batch_size * ctx.world_size
+            train_set = data.SyntheticImages(SYNTHETIC_TRAIN_STEPS * global_batch, args.image_size, num_classes,
+                                             seed=data_seed)
+            val_set = data.SyntheticImages(2 * global_batch, crop_size, num_classes, seed=data_seed + 1)
+            classes = class_names = train_set.classes
+        else:
+            root = Path(args.data_path)
+            train_set = None if args.evaluate else data.RobustImageFolder(
+                root / "train", data.train_transform(args.image_size), substitute=True, seed=data_seed)
+            val_set = data.RobustImageFolder(root / "val", data.val_transform(resize_size, crop_size),
+                                             substitute=False)
+            classes = val_set.classes
+            class_names = data.read_class_names(root, classes)
+            num_classes = args.num_classes or len(classes)
+            if num_classes < len(classes):
+                raise ValueError(f"--num-classes {num_classes}: the dataset has {len(classes)} classes")
+        pin = device.type == "cuda"
+        val_loader = data.make_loader(val_set, data.ShardSampler(len(val_set), ctx.world_size, ctx.rank),
+                                      batch_size, workers, train=False, pin_memory=pin)
+        if train_set is not None:
+            train_sampler = data.TrainSampler(train_set, ctx.world_size, ctx.rank, seed=data_seed)
+            train_loader = data.make_loader(train_set, train_sampler, batch_size, workers, train=True,
+                                            pin_memory=pin)
+            steps_per_epoch = data.steps_per_epoch(train_sampler.num_samples, batch_size)
+
+        # model
+        model = se_resnext50_32x4d(num_classes=num_classes)
+        if args.pretrained:
+            load_model_weights(model, args.pretrained, skip_prefixes=("last_linear.",))
+            for name, param in model.named_parameters():
+                param.requires_grad = name.startswith("last_linear.")
+            printer.line(f"=> fine-tuning from '{args.pretrained}': new last_linear ({num_classes} classes), "
+                         f"backbone frozen")
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        model.to(device, memory_format=memory_format)
+
+        # loss, optimizer, precision
+        criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing).to(device)
+        val_criterion = nn.CrossEntropyLoss().to(device)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
+                                    momentum=args.momentum, weight_decay=args.weight_decay)
+        precision = resolve_precision(args.device, args.amp, args.opt_level, args.amp_dtype, args.loss_scale_value)
+        scaler = precision.make_scaler()
+        printer.line(f"=> precision: {precision.describe()}")
+
+        # resume
+        start_epoch, start_step, global_step, best_acc1 = args.start_epoch, 0, 0, 0.0
+        resume = args.resume
+        if not resume and args.auto_resume:
+            latest = find_latest_checkpoint(output_dir)
+            resume = str(latest) if latest else ""
+            if not latest:
+                printer.line(f"=> no checkpoint found at '{output_dir}'")
+        if resume:
+            if not os.path.isfile(resume):
+                printer.line(f"=> no checkpoint found at '{resume}'")
+                raise CheckpointError(f"--resume {resume}: no such file")
+            printer.line(f"=> loading checkpoint '{resume}'")
+            checkpoint = load_training_checkpoint(resume, map_location="cpu")
+            if not args.synthetic and checkpoint.get("classes") not in (None, list(classes)):
+                raise CheckpointError(f"{resume}: trained on other classes than {args.data_path} holds")
+            apply_state_dict(model, checkpoint["state_dict"], resume)
+            if not args.evaluate:
+                if checkpoint.get("optimizer"):
+                    optimizer.load_state_dict(checkpoint["optimizer"])
+                if checkpoint.get("scaler") and scaler.is_enabled():
+                    scaler.load_state_dict(checkpoint["scaler"])
+            start_epoch = int(checkpoint["epoch"])
+            start_step = int(checkpoint.get("epoch_step", 0))
+            global_step = int(checkpoint.get("global_step", 0))
+            best_acc1 = float(checkpoint.get("best_acc1", 0.0))
+            printer.line(f"=> loaded checkpoint '{resume}' (epoch {checkpoint['epoch']})")
+
+        # compile, DDP
+        train_model = torch.compile(model) if args.compile else model
+        if ctx.distributed:
+            train_model = wrap_ddp(train_model, ctx, device)
+
+        if args.evaluate:
+            evaluate(model, val_criterion, val_loader, device, precision=precision, ctx=ctx, printer=printer,
+                     print_freq=args.print_freq, split_size=len(val_set), channels_last=args.channels_last)
+            return 0
+
+        # training loop
+        log_path = output_dir / LOG_NAME
+        if ctx.is_main:
+            drop_records_from(log_path, start_epoch)
+        config = TrainConfig(print_freq=args.print_freq, channels_last=args.channels_last,
+                             max_nonfinite_steps=args.max_nonfinite_steps,
+                             profile_path=output_dir / "output.prof" if args.profile else None)
+        hooks = FaultHooks.from_env()
+        lr_at = lambda epoch, step: cosine_lr(args.lr, epoch, step, steps_per_epoch, args.epochs,  # noqa: E731
+                                              args.warmup_epochs)
+        steps_left = args.stop_step_num
+        status = 0
+        with GracefulStop() as stop:
+            for epoch in range(start_epoch, args.epochs):
+                skip = start_step if epoch == start_epoch else 0
+                train_sampler.set_position(epoch, skip * batch_size)
+                train_set.set_epoch(epoch)
+                printer.line("=> Now Epoch[%d] setting lr: %.4f" % (epoch, lr_at(epoch, skip)))
+                result = train_one_epoch(
+                    train_model, criterion, optimizer, train_loader, device, epoch, precision=precision,
+                    scaler=scaler, lr_at=lr_at, ctx=ctx, config=config, printer=printer,
+                    split_size=len(train_set), start_step=skip, num_steps=len(train_loader),
+                    global_step=global_step, max_steps=steps_left, stop=stop, hooks=hooks)
+                global_step += result.steps
+                steps_left = None if steps_left is None else steps_left - result.steps
+                epoch_done = skip + result.steps >= steps_per_epoch
+                average_buffers(model, ctx)
+                check_finite_weights(model)
+
+                val = None
+                if ((epoch + 1) % args.eval_freq == 0 or epoch == args.epochs - 1) and not result.stopped_by_signal:
+                    val = evaluate(model, val_criterion, val_loader, device, precision=precision, ctx=ctx,
+                                   printer=printer, print_freq=args.print_freq, split_size=len(val_set),
+                                   channels_last=args.channels_last)
+                # the first validated epoch always writes model_best (upstream skipped it at 0% top-1)
+                is_best = val is not None and (val.top1 > best_acc1 or not (output_dir / BEST_NAME).exists())
+                best_acc1 = max(best_acc1, val.top1) if val is not None else best_acc1
+                if ctx.is_main:
+                    save_training_checkpoint({
+                        "epoch": epoch + 1 if epoch_done else epoch,
+                        "epoch_step": 0 if epoch_done else skip + result.steps,
+                        "global_step": global_step,
+                        "state_dict": model.state_dict(),
+                        "best_acc1": best_acc1,
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "args": plain_data(vars(args)),
+                        "arch": "se_resnext50_32x4d",
+                        "num_classes": num_classes,
+                        "classes": list(classes),
+                        "class_names": list(class_names),
+                    }, output_dir, is_best)
+                    append_record(log_path, {
+                        "epoch": epoch, "lr": lr_at(epoch, skip), "train_loss": result.loss,
+                        "train_top1": result.top1, "train_top5": result.top5,
+                        "images_per_second": result.images_per_second,
+                        "seconds": result.seconds + (val.seconds if val else 0.0), "steps": result.steps,
+                        "skipped_images": result.skipped_images, "nonfinite_steps": result.nonfinite_steps,
+                        "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
+                        "val_top5": val.top5 if val else None})
+                summary = (f"=> Epoch[{epoch}] summary: train loss {result.loss:.4f} top-1 {result.top1:.3f} "
+                           f"top-5 {result.top5:.3f} | {result.steps} steps, {result.images_per_second:.1f} "
+                           f"images/s, {result.seconds:.1f} s | {result.skipped_images} unreadable image(s) "
+                           f"skipped, {result.nonfinite_steps} non-finite step(s)")
+                if val is not None:
+                    summary += f" | val loss {val.loss:.4f} top-1 {val.top1:.3f} top-5 {val.top5:.3f}"
+                printer.line(summary)
+                if any_rank(stop.requested, ctx, device):
+                    printer.line(f"=> interrupted by {stop.name or 'a signal on another rank'}: saved a resumable "
+                                 f"checkpoint '{output_dir / 'checkpoint.pth.tar'}' (epoch {epoch}, step "
+                                 f"{skip + result.steps}); continue with --resume or --auto-resume")
+                    status = 128 + (stop.signum or 15)
+                    break
+                if steps_left is not None and steps_left <= 0:
+                    printer.line(f"=> stopped after --stop-step-num {args.stop_step_num} steps")
+                    break
+        printer.line(f"=> best Acc@1 {best_acc1:.3f}")
+        if ctx.is_main:
+            plot = plot_curves(read_records(log_path), output_dir / PLOT_NAME)
+            if plot:
+                printer.line(f"=> training curves written to '{plot}'")
+        return status
+    finally:
+        shutdown(ctx)
+
+
+def run_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None) -> int:
+    """:func:`main_worker` with errors turned into one line on stderr and an exit status."""
+    try:
+        return main_worker(process_index, args, plan, backend)
+    except KNOWN_ERRORS as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:
+        if plan.distributed and is_peer_failure(exc):  # another process died; its own log says why
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"{PROG}: error: lost contact with another process ({first})", file=sys.stderr, flush=True)
+        else:  # a bug: keep the traceback
+            traceback.print_exc()
+    return 1
+
+
+def spawned_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None) -> None:
+    """Entry point of a process started by ``--multiprocessing-distributed``; the launcher reports signals."""
+    status = run_worker(process_index, args, plan, backend)
+    if 0 < status < 128:
+        sys.exit(status)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run, and return the exit status (errors as one line, no traceback)."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        return main(args)
+    except KNOWN_ERRORS as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(run())
