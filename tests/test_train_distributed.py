@@ -1,0 +1,50 @@
+"""Multi-process training: launch plans, backend choice, and a torchrun job that survives a killed worker."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from seresnext.distributed import choose_backend, plan_launch
+from train_utils import TINY, load, make_image_folder, run_script
+
+
+def test_launch_plans_follow_upstream_flags_and_torchrun():
+    spawn = plan_launch(multiprocessing_distributed=True, device_list="3,1", world_size=2, rank=1, gpu=None,
+                        env={})
+    assert (spawn.mode, spawn.procs_per_node, spawn.world_size, spawn.node_rank, spawn.device_ids) == \
+        ("spawn", 2, 4, 1, (1, 3))
+    single = plan_launch(multiprocessing_distributed=False, device_list="0,1", world_size=-1, rank=-1, gpu=5,
+                         env={})
+    assert (single.mode, single.world_size, single.device_ids) == ("single", 1, (5,))
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1"}
+    launched = plan_launch(multiprocessing_distributed=True, device_list="0,1", world_size=-1, rank=-1, gpu=None,
+                           env=env)
+    assert (launched.mode, launched.procs_per_node, launched.world_size) == ("torchrun", 2, 4)
+    with pytest.raises(ValueError, match="--device-list"):
+        plan_launch(multiprocessing_distributed=True, device_list="a,b", world_size=1, rank=0, gpu=None, env={})
+
+
+def test_backend_follows_the_device_and_refuses_a_mismatch():
+    assert [choose_backend(d, None) for d in ("npu", "cuda", "cpu")] == ["hccl", "nccl", "gloo"]
+    assert choose_backend("cuda", "gloo") == "gloo"
+    with pytest.raises(ValueError, match="--dist-backend hccl: only works with --device npu"):
+        choose_backend("cpu", "hccl")
+
+
+def test_torchrun_job_with_a_killed_worker_restarts_and_finishes(tmp_path):
+    data = make_image_folder(tmp_path / "d", classes=4, train=4, val=3)
+    out = tmp_path / "out"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = run_script([torchrun, "--standalone", "--nproc_per_node", 2, "--max-restarts", 1, "main.py",
+                         "--data_path", data, "--output-dir", out, "--epochs", 2, "--auto-resume", *TINY],
+                        env={"SERESNEXT_TEST_KILL_AT_STEP": "1:2", "OMP_NUM_THREADS": "1"}, timeout=400)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "rank 1 SIGKILLs itself at step 2" in log
+    assert f"=> loaded checkpoint '{out / 'checkpoint.pth.tar'}' (epoch 1)" in log
+    ckpt = load(out / "checkpoint.pth.tar")
+    assert (ckpt["epoch"], ckpt["global_step"]) == (2, 4)
+    assert "over 12 images (2 process(es)" in log
+    assert "Traceback" not in log.split("=> loaded checkpoint")[1]
+    assert os.path.isfile(out / "train_curves.png")

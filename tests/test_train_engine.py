@@ -1,0 +1,90 @@
+"""The training loop itself on a tiny stand-in model: log lines, FPS, non-finite losses, stop requests,
+all-rank validation (fast: no SE-ResNeXt here)."""
+import math
+import re
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from seresnext.devices import Precision
+from seresnext.distributed import DistContext
+from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, evaluate,
+                              train_one_epoch)
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 6))
+
+
+def batches(n: int, size: int = 4) -> list:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(size, 3, 8, 8, generator=gen), torch.randint(0, 6, (size,), generator=gen), [])
+            for _ in range(n)]
+
+
+def run_epoch(model, loader, precision=Precision("cpu"), hooks=None, stop=None, max_nonfinite=20, print_freq=1):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = precision.make_scaler()
+    result = train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), 0,
+                             precision=precision, scaler=scaler, lr_at=lambda e, s: 0.1, ctx=DistContext(),
+                             config=TrainConfig(print_freq=print_freq, max_nonfinite_steps=max_nonfinite),
+                             printer=Printer(DistContext()), split_size=100, hooks=hooks, stop=stop)
+    return result, scaler
+
+
+def test_progress_and_fps_lines_keep_upstreams_format(capsys):
+    result, _ = run_epoch(tiny_model(), batches(12), print_freq=10)
+    out = capsys.readouterr().out.splitlines()
+    progress = [line for line in out if line.startswith("Epoch:")]
+    assert [line.split("\t")[0] for line in progress] == ["Epoch: [0][ 0/12]", "Epoch: [0][10/12]",
+                                                         "Epoch: [0][11/12]"]
+    assert re.fullmatch(r"Epoch: \[0\]\[ 0/12\]\tTime +[\d.]+ \( *[\d.]+\)\tData +[\d.]+ \( *[\d.]+\)\t"
+                        r"Loss \d+\.\d{8} \(\d+\.\d{8}\)\tAcc@1 +[\d.]+ \( *[\d.]+\)\tAcc@5 +[\d.]+ \( *[\d.]+\)",
+                        progress[0]), progress[0]
+    assert re.fullmatch(r"\[npu id: 0 \] \* FPS@all \d+\.\d{3}", out[-1])
+    assert result.steps == 12 and result.images == 48 and result.images_per_second > 0
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_fps_of_short_epochs_is_finite(steps, capsys):
+    result, _ = run_epoch(tiny_model(), batches(steps))
+    assert math.isfinite(result.images_per_second) and result.images_per_second > 0
+
+
+def test_float16_scaler_skips_nonfinite_steps_and_training_goes_on(capsys):
+    model = tiny_model()
+    result, scaler = run_epoch(model, batches(4), Precision("cpu", torch.float16, None), FaultHooks(nan_first=1,
+                                                                                                    nan_last=1))
+    assert result.nonfinite_steps == 1 and result.steps == 4 and math.isfinite(result.loss)
+    assert scaler.get_scale() == 65536.0 / 2  # backed off once
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.state_dict().values() if p.is_floating_point())
+
+
+def test_persistent_nonfinite_loss_stops_the_epoch(capsys):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite \(NaN/inf\) for 3 or more consecutive steps"):
+        run_epoch(tiny_model(), batches(10), hooks=FaultHooks(nan_first=2), max_nonfinite=3)
+    assert "Epoch: [0][ 4/10]" in capsys.readouterr().out  # noticed at the first check after 3 bad steps
+
+
+def test_stop_request_ends_the_epoch_at_a_step_boundary(capsys):
+    with GracefulStop() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        result, _ = run_epoch(tiny_model(), batches(5), stop=stop)
+    assert stop.name == "SIGTERM" and result.stopped_by_signal and result.steps == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_validation_counts_every_image_and_prints_avg_acc(capsys):
+    model = tiny_model()
+    loader = batches(3, size=5) + [(torch.empty(0), torch.empty(0, dtype=torch.long), ["x.JPEG (broken)"])]
+    result = evaluate(model, nn.CrossEntropyLoss(), loader, torch.device("cpu"), precision=Precision("cpu"),
+                      ctx=DistContext(), printer=Printer(DistContext()), print_freq=1, split_size=1000)
+    assert result.images == 15 and result.skipped_images == 1
+    out = capsys.readouterr().out
+    assert re.search(r"^Test: \[0/4\]\tTime +[\d.]+ \( *[\d.]+\)\tLoss \d\.\d{4}e[+-]\d\d", out, re.M)
+    assert f"[npu id: 0 ] [AVG-ACC] * Acc@1 {result.top1:.3f} Acc@5 {result.top5:.3f}" in out

@@ -1,0 +1,171 @@
+"""Training building blocks that need no training run: flags, precision mapping, schedule, samplers,
+data checks, checkpoint lookup."""
+import math
+import os
+import time
+
+import pytest
+import torch
+
+import main
+from seresnext import data
+from seresnext.checkpoint import find_latest_checkpoint, plain_data, save_training_checkpoint
+from seresnext.devices import Precision, StaticGradScaler, resolve_precision
+from seresnext.engine import cosine_lr, steady_state_window
+from train_utils import corrupt, make_image_folder, run_main
+
+
+def test_upstream_flags_keep_spelling_defaults_and_prefixes():
+    args = main.get_args_parser().parse_args(["--data=/d", "--epoch=3", "--batch-size=64", "--lr=0.4", "--wd",
+                                              "5e-5", "--amp", "--opt-level", "O2", "--loss-scale-value", "16"])
+    assert (args.data_path, args.epochs, args.batch_size, args.lr, args.weight_decay) == ("/d", 3, 64, 0.4, 5e-5)
+    assert args.amp and args.amp_dtype is None and args.opt_level == "O2" and args.loss_scale_value == "16"
+    d = main.get_args_parser().parse_args([])
+    assert (d.data_path, d.workers, d.epochs, d.start_epoch, d.batch_size, d.lr, d.gamma, d.momentum,
+            d.weight_decay, d.seed, d.device_list, d.gpu, d.world_size, d.rank, d.dist_url, d.addr, d.port,
+            d.loss_scale_value, d.print_freq, d.eval_freq, d.stop_step_num, d.resume, d.evaluate, d.profile) == \
+        ("/dataset/imagenet", 4, 90, 0, 256, 0.1, 0.1, 0.9, 1e-4, None, "0,1,2,3,4,5,6,7", None, -1, -1, "", "",
+         "", "1024", 10, 10, None, "", False, 0)
+    assert d.output_dir == "." and not (d.channels_last or d.compile or d.auto_resume or d.synthetic)
+    assert d.pretrained is None
+    assert main.get_args_parser().parse_args(["--pretrained"]).pretrained == "./model_best.pth.tar"
+    assert main.get_args_parser().parse_args(["--pretrained", "w.pth"]).pretrained == "w.pth"
+
+
+def test_amp_flags_map_to_torch_amp_by_device():
+    cpu = resolve_precision("cpu", True, "O2", None, "16")
+    assert cpu.dtype == torch.bfloat16 and not cpu.uses_scaler and not cpu.make_scaler().is_enabled()
+    cuda = resolve_precision("cuda", True, "O2", None, "16")
+    assert cuda.dtype == torch.float16 and cuda.loss_scale == 16.0
+    assert resolve_precision("npu", True, "O1", None, "dynamic") == Precision("npu", torch.float16, None)
+    assert resolve_precision("cuda", True, None, "bfloat16", "16") == Precision("cuda", torch.bfloat16, None)
+    assert resolve_precision("cpu", False, None, "float16", "8") == Precision("cpu", torch.float16, 8.0)
+    assert not resolve_precision("cuda", True, "O0").enabled and not resolve_precision("cuda", False).enabled
+    with pytest.raises(ValueError, match="--loss-scale-value"):
+        resolve_precision("cuda", True, "O2", None, "lots")
+
+
+def test_static_loss_scale_skips_nonfinite_steps_and_never_moves():
+    layer = torch.nn.Linear(3, 1)
+    before = layer.weight.detach().clone()
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scaler = Precision("cpu", torch.float16, 16.0).make_scaler()
+    assert isinstance(scaler, StaticGradScaler)
+    for bad in (True, False):
+        optimizer.zero_grad()
+        loss = layer(torch.ones(1, 3)).sum() * (float("inf") if bad else 1.0)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        assert scaler.get_scale() == 16.0
+        assert torch.equal(layer.weight, before) == bad  # the inf step was skipped, the next one applied
+
+
+def test_lr_schedule_is_upstreams_cosine_with_optional_warmup():
+    for epoch in range(5):
+        assert cosine_lr(0.4, epoch, 3, 10, 5) == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * epoch / 5)))
+    assert cosine_lr(0.4, 0, 0, 10, 5, warmup_epochs=2) == pytest.approx(0.4 / 20)
+    assert cosine_lr(0.4, 1, 9, 10, 5, warmup_epochs=2) == pytest.approx(0.4)
+    assert cosine_lr(0.4, 2, 0, 10, 5, warmup_epochs=2) == pytest.approx(0.4)
+
+
+def test_val_shards_cover_every_image_once_without_padding():
+    for length in (0, 1, 7, 12):
+        shards = [list(data.ShardSampler(length, 3, r)) for r in range(3)]
+        assert sorted(i for s in shards for i in s) == list(range(length))
+
+
+def test_train_sampler_resumes_mid_epoch_with_the_same_order(tmp_path):
+    dataset = list(range(10))
+    full = data.TrainSampler(dataset, 2, 1, seed=5)
+    full.set_position(3)
+    resumed = data.TrainSampler(dataset, 2, 1, seed=5)
+    resumed.set_position(3, skip_samples=2)
+    assert list(resumed) == list(full)[2:] and len(resumed) == len(full) - 2
+    other_epoch = data.TrainSampler(dataset, 2, 1, seed=5)
+    other_epoch.set_position(4)
+    assert list(other_epoch) != list(full)
+
+
+def test_fps_window_never_leaves_zero_steps():
+    assert [steady_state_window(n) for n in (1, 2, 5, 6, 100)] == [0, 1, 1, 5, 5]
+
+
+def test_unreadable_val_image_is_left_out_and_named(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=2, train=1, val=2)
+    bad = corrupt(next((root / "val").rglob("*.JPEG")))
+    dataset = data.RobustImageFolder(root / "val", data.val_transform(36, 32), substitute=False)
+    images, targets, bad_paths = data.collate_skipping([dataset[i] for i in range(len(dataset))])
+    assert images.shape == (3, 3, 32, 32) and len(targets) == 3
+    assert len(bad_paths) == 1 and str(bad) in bad_paths[0]
+    train = data.RobustImageFolder(root / "val", data.train_transform(32), substitute=True, seed=0)
+    index = [p for p, _ in train.samples].index(str(bad))
+    image, _, item_bad = train[index]
+    assert image.shape == (3, 32, 32) and str(bad) in item_bad[0]  # replaced by the next readable image
+
+
+def test_per_sample_augmentation_does_not_depend_on_order(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=1, train=3, val=1)
+    dataset = data.RobustImageFolder(root / "train", data.train_transform(16), substitute=True, seed=3)
+    dataset.set_epoch(2)
+    forward = [dataset[i][0] for i in range(3)]
+    backward = [dataset[i][0] for i in reversed(range(3))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(forward, backward))
+    dataset.set_epoch(3)
+    assert not torch.equal(dataset[0][0], forward[0])
+
+
+def test_more_than_one_percent_unreadable_is_refused():
+    data.check_bad_fraction("train", 1, 100)
+    with pytest.raises(data.DataError, match=r"train split: 2 of 100 images \(2.0%\).*x.JPEG"):
+        data.check_bad_fraction("train", 2, 100, ["x.JPEG (broken)"])
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "no such directory"),
+    ("empty", "no 'train' folder"),
+    ("flat", "holds images but no class folders"),
+    ("mismatch", r"train and val class lists differ \(only in train: n00001003\)"),
+    ("no_images", "class folders without images"),
+])
+def test_bad_data_path_fails_before_any_work_with_one_line(tmp_path, capsys, case, expected):
+    root = tmp_path / "d"
+    if case == "empty":
+        root.mkdir()
+    elif case == "flat":
+        make_image_folder(root, classes=1, train=1, val=1)
+        for image in (root / "train").rglob("*.JPEG"):
+            image.rename(root / "train" / image.name)
+        (root / "train" / "n00001000").rmdir()
+    elif case == "mismatch":
+        make_image_folder(root, classes=4, train=1, val=1)
+        for image in (root / "val" / "n00001003").iterdir():
+            image.unlink()
+        (root / "val" / "n00001003").rmdir()
+    elif case == "no_images":
+        make_image_folder(root, classes=2, train=1, val=1)
+        (root / "train" / "n00001001" / "n00001001_0.JPEG").unlink()
+    started = time.perf_counter()
+    assert run_main(["--data_path", root, "--device", "cpu", "--output-dir", tmp_path / "out"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("main.py: error: --data_path") and "Traceback" not in err[0]
+    assert __import__("re").search(expected, err[0]), err[0]
+    assert time.perf_counter() - started < 5 and not (tmp_path / "out" / "checkpoint.pth.tar").exists()
+
+
+def test_class_names_come_from_synset_words(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=2, train=1, val=1)
+    assert data.read_class_names(root, ["n00001000", "n00001001", "n99"]) == \
+        ["colour 0, a test class", "colour 1, a test class", "n99"]
+    (tmp_path / "synset_words.txt").write_text("n00001000 parent-level name\n")
+    (root / "synset_words.txt").unlink()
+    assert data.read_class_names(root, ["n00001000"]) == ["parent-level name"]
+
+
+def test_auto_resume_picks_the_newest_checkpoint(tmp_path):
+    assert find_latest_checkpoint(tmp_path) is None
+    save_training_checkpoint({"epoch": 1, "state_dict": {}, "args": plain_data({"p": tmp_path})}, tmp_path, True)
+    assert find_latest_checkpoint(tmp_path).name == "checkpoint.pth.tar"
+    os.utime(tmp_path / "checkpoint.pth.tar", (1, 1))
+    assert find_latest_checkpoint(tmp_path).name == "model_best.pth.tar"
+    assert torch.load(tmp_path / "model_best.pth.tar", weights_only=True)["args"] == {"p": str(tmp_path)}
