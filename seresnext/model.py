@@ -93,6 +93,29 @@ class SENet(nn.Module):
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout_p) if dropout_p is not None else None
         self.last_linear = nn.Linear(512 * block.expansion, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Initialisation for training from scratch (Cadene's file had none: it only ever loaded weights).
+
+        He-normal convolutions, unit BatchNorm, a small linear head, and each block's last BatchNorm scale
+        at zero so that every residual block starts as the identity (torchvision's ``zero_init_residual``).
+        Without it the default init makes the first losses explode (tens for 10 classes).
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, SEResNeXtBottleneck):
+                nn.init.zeros_(module.bn3.weight)
 
     def _make_layer(self, block, planes, blocks, groups, reduction, stride=1,
                     downsample_kernel_size=1, downsample_padding=0) -> nn.Sequential:

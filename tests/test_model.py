@@ -148,3 +148,12 @@ def test_bad_weight_files_get_one_line_errors(tmp_path, content, expected, capfd
 def test_missing_weight_file(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         se_resnext50_32x4d(pretrained=tmp_path / "nope.pth")
+
+
+def test_fresh_model_starts_near_chance_loss():
+    """From-scratch training needs a sane init: the first loss is about ln(classes), not tens."""
+    torch.manual_seed(0)
+    model = se_resnext50_32x4d(num_classes=10).train()
+    images = torch.randn(16, 3, 64, 64)
+    loss = torch.nn.functional.cross_entropy(model(images), torch.randint(0, 10, (16,)))
+    assert abs(loss.item() - torch.log(torch.tensor(10.0)).item()) < 0.5
