@@ -250,15 +250,15 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
             best_acc1 = float(checkpoint.get("best_acc1", 0.0))
             printer.line(f"=> loaded checkpoint '{resume}' (epoch {checkpoint['epoch']})")
 
-        # compile, DDP
-        train_model = torch.compile(model) if args.compile else model
-        if ctx.distributed:
-            train_model = wrap_ddp(train_model, ctx, device)
-
         if args.evaluate:
             evaluate(model, val_criterion, val_loader, device, precision=precision, ctx=ctx, printer=printer,
                      print_freq=args.print_freq, split_size=len(val_set), channels_last=args.channels_last)
             return 0
+
+        # compile, DDP (validation and checkpoints use the plain model)
+        train_model = torch.compile(model) if args.compile else model
+        if ctx.distributed:
+            train_model = wrap_ddp(train_model, ctx, device)
 
         # training loop
         log_path = output_dir / LOG_NAME

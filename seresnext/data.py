@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -275,6 +276,14 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+def _worker_ignores_stop_signals(_worker_id: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the training process: a Ctrl-C (sent to the whole process group)
+    or a ``kill``/scheduler SIGTERM to every process must not kill them in the middle of an epoch, since the
+    trainer finishes its step, writes a checkpoint and then shuts its workers down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, *, train: bool,
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader with :func:`collate_skipping`. Train drops a last partial batch (as upstream) unless that
@@ -283,7 +292,7 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
     drop_last = train and full >= batch_size
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate_skipping,
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=_worker_ignores_stop_signals if workers else None)
 
 
 def steps_per_epoch(num_samples: int, batch_size: int) -> int:

@@ -126,15 +126,17 @@ def test_evaluate_with_resume_only_evaluates(dataset, straight, tmp_path, capsys
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sigint_writes_a_resumable_checkpoint_and_exits_cleanly(dataset, straight, tmp_path):
-    cmd = [sys.executable, "main.py", "--data_path", dataset, "--output-dir", tmp_path, "--epochs", 2, *TINY]
+def test_ctrl_c_writes_a_resumable_checkpoint_and_exits_cleanly(dataset, straight, tmp_path):
+    """SIGINT to the whole process group, loader workers included, as a terminal's Ctrl-C sends it."""
+    cmd = [sys.executable, "main.py", "--data_path", dataset, "--output-dir", tmp_path, "--epochs", 2, *TINY,
+           "-j", 1]
     proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("Epoch: [0][0/2]"):
-            proc.send_signal(signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)
             break
     out = "".join(lines) + proc.stdout.read()
     assert proc.wait(timeout=120) == 130, out + proc.stderr.read()
@@ -145,3 +147,34 @@ def test_sigint_writes_a_resumable_checkpoint_and_exits_cleanly(dataset, straigh
                      *TINY]) == 0
     assert same_weights(load(tmp_path / "checkpoint.pth.tar")["state_dict"],
                         load(straight / "checkpoint.pth.tar")["state_dict"]) == []
+
+
+def test_synthetic_run_on_a_terminal_shows_a_progress_bar(tmp_path):
+    """--synthetic needs no dataset; --channels-last and bf16 --amp train; a TTY gets a tqdm bar."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a real terminal's size
+    cmd = [sys.executable, "main.py", "--synthetic", "--num-classes", 10, "--output-dir", tmp_path, "--epochs", 1,
+           "--stop-step-num", 2, "--channels-last", "--amp", *TINY, "-b", 4]
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=follower, stderr=follower,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=120) == 0
+    os.close(leader)
+    out = b"".join(chunks).decode(errors="replace")
+    assert "it/s" in out or "s/it" in out, out[-2000:]  # tqdm's rate field
+    assert "autocast bfloat16 on cpu" in out and "FPS@all" in out and "stopped after --stop-step-num 2" in out
+    record = json.loads((tmp_path / "train_log.jsonl").read_text())
+    assert record["steps"] == 2 and record["val_top1"] is not None
