@@ -11,7 +11,7 @@
 # Usage: bash se_resnext50_32x4d_atc.sh [--model=./se_resnext50_32x4d.onnx] [--batch_size=16]
 #          [--soc_version=Ascend310] [--aipp_config=./aipp_se_resnext50_32x4d_pth.config]
 #          [--output_dir=.] [--backend=auto|atc|onnxruntime] [--target=cpu|cuda] [--image_size=224]
-#          [--precision=fp32|int8 --calib_dir=./prep_bin [--calib_count=64]]
+#          [--precision=fp32|int8 --calib_dir=./prep_bin [--calib_count=64]] [--optimization=extended|basic|all]
 # int8 (ONNX Runtime only) adds _int8 to the names: seresnext50_32x4d_int8_16.onnx, ..._aipp_int8_16.onnx.
 set -euo pipefail
 
@@ -25,6 +25,7 @@ target=cpu
 precision=fp32
 calib_dir=""
 calib_count=64
+optimization=extended
 input_name=image
 image_size=224
 
@@ -42,6 +43,7 @@ for arg in "$@"; do
     --precision=*) precision=${arg#*=} ;;
     --calib_dir=*) calib_dir=${arg#*=} ;;
     --calib_count=*) calib_count=${arg#*=} ;;
+    --optimization=*) optimization=${arg#*=} ;;
     --input_name=*) input_name=${arg#*=} ;;
     --image_size=*) image_size=${arg#*=} ;;
     -h|--help) usage; exit 0 ;;
@@ -98,7 +100,7 @@ python=${PYTHON:-}
 if [ -z "$python" ]; then
   if [ -x "$here/.venv/bin/python" ]; then python="$here/.venv/bin/python"; else python=python3; fi
 fi
-extra=(--precision="$precision" --target="$target")
+extra=(--precision="$precision" --target="$target" --optimization="$optimization")
 [ -z "$calib_dir" ] || extra+=(--calib_dir="$calib_dir" --calib_count="$calib_count")
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 echo "se_resnext50_32x4d_atc.sh: atc not used; building ONNX Runtime models with $python -m seresnext.build"

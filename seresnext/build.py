@@ -10,9 +10,10 @@ command line to whichever is installed. What it does, in order:
    Runtime's quantization tool);
 3. ``--insert_op_conf``: compiles the AIPP config into ONNX operators in front of the model
    (:mod:`seresnext.aipp`);
-4. runs ONNX Runtime's graph optimizations once and saves the result (offline mode), at the extended level
-   for the target execution provider: the runner then does not redo them at every start. Layout
-   optimizations are hardware specific and stay online (ONNX Runtime's docs);
+4. runs ONNX Runtime's graph optimizations once and saves the result (offline mode), by default at the
+   extended level for the target execution provider: the runner then does not redo them at every start.
+   Layout optimizations are specific to the CPU they were made on (ONNX Runtime's docs), so they are saved
+   only with ``--optimization=all`` and otherwise run online;
 5. checks the built model against the source on a random batch (fp32: max abs diff; int8: top-1
    agreement) and writes ``<output>.onnx`` atomically, with what was done in its metadata.
 """
@@ -37,6 +38,9 @@ __all__ = ["BuildError", "BuildOptions", "build", "parse_input_shape", "BUILD_ME
 
 BUILD_METADATA_KEY = "seresnext.build"
 TARGET_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# What can be saved: basic (any provider), extended (the target provider), all (adds layout changes such as
+# NCHWc blocking, specific to this machine's CPU; ONNX Runtime's docs: only for compatible hardware).
+OPTIMIZATION_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
 class BuildError(ValueError):
@@ -169,9 +173,8 @@ def _optimize(model: onnx.ModelProto, options: BuildOptions, workdir: Path) -> o
     source, optimized = workdir / "source.onnx", workdir / "optimized.onnx"
     onnx.save(model, source)
     session_options = ort.SessionOptions()
-    session_options.graph_optimization_level = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[options.optimization]
+    session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                       OPTIMIZATION_LEVELS[options.optimization])
     session_options.optimized_model_filepath = str(optimized)
     ort.InferenceSession(str(source), session_options, providers=[provider])
     return onnx.load(optimized)
@@ -197,9 +200,8 @@ def build(options: BuildOptions, log=print) -> dict:
         raise BuildError(f"--precision={options.precision}: expected fp32 or int8")
     if options.target not in TARGET_PROVIDERS:
         raise BuildError(f"--target={options.target}: expected {' or '.join(TARGET_PROVIDERS)}")
-    if options.optimization not in ("basic", "extended"):
-        raise BuildError(f"--optimization={options.optimization}: expected basic or extended (layout "
-                         f"optimizations are hardware specific and always run online)")
+    if options.optimization not in OPTIMIZATION_LEVELS:
+        raise BuildError(f"--optimization={options.optimization}: expected {', '.join(OPTIMIZATION_LEVELS)}")
     try:
         model = onnx.load(source)
     except Exception as exc:  # onnx raises DecodeError and friends
@@ -299,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default="cpu", help="execution provider the model is optimized for: "
                         "cpu (default) or cuda")
     parser.add_argument("--optimization", default="extended", help="saved ONNX Runtime optimization level: "
-                        "extended (default, for --target only) or basic (any provider)")
+                        "extended (default: for --target's provider), basic (any provider) or all (also the "
+                        "layout changes, only for CPUs like this one)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip the check against the source model")
     return parser

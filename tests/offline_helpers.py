@@ -161,7 +161,10 @@ def colour_class_image(path: Path, cls: int, seed: int) -> Path:
     from PIL import ImageDraw, ImageFilter
 
     rng = np.random.default_rng(seed)
-    width, height = int(rng.integers(60, 160)), int(rng.integers(60, 160))
+    width = int(rng.integers(80, 160))
+    height = int(width / rng.uniform(1.0, 1.34))  # ImageNet-like aspect ratios, either orientation
+    if rng.integers(2):
+        width, height = height, width
     image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3) // 2 + 64))
     draw = ImageDraw.Draw(image)
     colour = tuple(int(c) for c in np.clip(np.array(HUES[cls]) + rng.integers(-30, 30, 3), 0, 255))
@@ -174,7 +177,7 @@ def colour_class_image(path: Path, cls: int, seed: int) -> Path:
     return path
 
 
-def probe_trained_model(images: list[tuple[Path, int]], resize: int, crop: int, ridge: float = 1.0):
+def probe_trained_model(images: list[tuple[Path, int]], resize: int, crop: int, ridge: float = 100.0):
     """calibrated_model with ``last_linear`` fitted to ``(image, class)`` pairs on the .bin preprocessing."""
     import torch
 
