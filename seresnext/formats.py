@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = [
     "FormatError", "atomic_write",
-    "bin_file_name", "write_bin", "read_bin", "bin_nbytes",
+    "bin_file_name", "write_bin", "read_bin", "bin_from_bytes", "bin_nbytes",
     "InfoEntry", "write_info", "read_info",
     "DUMP_SUFFIX", "dump_file_name", "write_dump", "read_dump", "image_name_of_dump", "list_dumps",
     "read_val_label", "write_val_label",
@@ -101,16 +101,21 @@ def write_bin(path: str | PathLike, chw: np.ndarray, *, durable: bool = False) -
 
 def read_bin(path: str | PathLike, shape: Sequence[int]) -> np.ndarray:
     """Read a raw float32 ``.bin`` of the given shape; a file of another size is a :class:`FormatError`."""
-    path = Path(path)
-    expected = int(np.prod(shape)) * 4
     try:
-        size = path.stat().st_size
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
-    if size != expected:
-        raise FormatError(f"{path}: {size} bytes, expected {expected} (float32 {'x'.join(map(str, shape))}); "
-                          f"was it written by preprocess_se_resnext50_32x4d_pth.py for this input size?")
-    return np.fromfile(path, dtype=np.float32).reshape(shape)
+    return bin_from_bytes(data, shape, path)
+
+
+def bin_from_bytes(data: bytes, shape: Sequence[int], path: str | PathLike = "<bytes>") -> np.ndarray:
+    """A ``.bin`` file's bytes (already read) as a read-only float32 array of ``shape``."""
+    expected = int(np.prod(shape)) * 4
+    if len(data) != expected:
+        raise FormatError(f"{path}: {len(data)} bytes, expected {expected} (float32 "
+                          f"{'x'.join(map(str, shape))}); was it written by preprocess_se_resnext50_32x4d_pth.py "
+                          f"for this input size?")
+    return np.frombuffer(data, dtype=np.float32).reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------- .info

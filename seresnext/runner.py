@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .aipp import AippConfig, config_from_metadata, encode_source
-from .formats import (FormatError, InfoEntry, PerfStats, dump_file_name, perf_file_name, perf_lines,
+from .formats import (FormatError, InfoEntry, bin_from_bytes, PerfStats, dump_file_name, perf_file_name, perf_lines,
                       pure_infer_perf_file_name, pure_infer_summary, read_info, write_dump, write_perf_file,
                       write_pure_infer_perf_file, list_dumps)
 
@@ -225,17 +225,11 @@ def _plan(backend: Backend, options: RunnerOptions, pure: bool = False) -> _Plan
 # ----------------------------------------------------------------------------------------------- loading
 def _loader(plan: _Plan, use_dvpp: bool) -> Callable[[InfoEntry], tuple[np.ndarray, float, float]]:
     """entry -> (model input for one image, seconds reading, seconds preprocessing)."""
-    expected = int(np.prod(plan.item_shape)) * 4
-
     def load_bin(entry: InfoEntry) -> tuple[np.ndarray, float, float]:
         started = time.perf_counter()
         data = Path(entry.path).read_bytes()
         read = time.perf_counter()
-        if len(data) != expected:
-            raise FormatError(f"{entry.path}: {len(data)} bytes, expected {expected} (float32 "
-                              f"{'x'.join(map(str, plan.item_shape))}); wrong -input_width/-input_height, or "
-                              f"not written by preprocess_se_resnext50_32x4d_pth.py?")
-        array = np.frombuffer(data, dtype=np.float32).reshape(plan.item_shape)
+        array = bin_from_bytes(data, plan.item_shape, entry.path)
         return array, read - started, time.perf_counter() - read
 
     def load_jpeg(entry: InfoEntry) -> tuple[np.ndarray, float, float]:
