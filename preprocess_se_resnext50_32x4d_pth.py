@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from seresnext.cli import run_main
-from seresnext.preprocess import default_jobs, list_images, preprocess_folder
+from seresnext.preprocess import CROP_SIZE, RESIZE_SIZE, default_jobs, list_images, preprocess_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="skip images whose .bin already exists with the right size")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--resize", type=int, default=RESIZE_SIZE,
+                        help="short side after resizing (default %(default)s, upstream)")
+    parser.add_argument("--crop", type=int, default=CROP_SIZE,
+                        help="centre crop size (default %(default)s, upstream); for models trained at "
+                             "other sizes")
     return parser
 
 
@@ -35,10 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1:
         raise ValueError(f"-j/--jobs must be at least 1, got {args.jobs}")
+    if not 0 < args.crop <= args.resize:
+        raise ValueError(f"--crop {args.crop} must be positive and at most --resize {args.resize}")
     total = len(list_images(args.jpeg_dir))
     with tqdm(total=total, unit="img", disable=args.no_progress or None, file=sys.stderr) as bar:
         report = preprocess_folder(args.jpeg_dir, args.bin_dir, jobs=args.jobs, resume=args.resume,
-                                   progress=bar.update)
+                                   progress=bar.update, resize=args.resize, crop=args.crop)
     print(f"preprocess: {report.written} written, {report.skipped} skipped (already done), "
           f"{len(report.failed)} failed -> {args.bin_dir}")
     for name, reason in report.failed:

@@ -138,10 +138,10 @@ class PreprocessReport:
         return not self.failed
 
 
-def _work(task: tuple[str, str]) -> str | None:
-    source, target = task
+def _work(task: tuple[str, str, int, int]) -> str | None:
+    source, target, resize, crop = task
     try:
-        write_bin(target, preprocess_image(source))
+        write_bin(target, preprocess_image(source, resize=resize, crop=crop))
     except ValueError as exc:
         return str(exc)
     except OSError as exc:  # e.g. disk full while writing
@@ -154,8 +154,11 @@ _STALE_TMP = re.compile(r"^\..+\.bin\..+\.tmp$")
 
 def preprocess_folder(source: str | PathLike, target: str | PathLike, jobs: int | None = None,
                       resume: bool = False,
-                      progress: Callable[[int], None] | None = None) -> PreprocessReport:
+                      progress: Callable[[int], None] | None = None,
+                      resize: int = RESIZE_SIZE, crop: int = CROP_SIZE) -> PreprocessReport:
     """Preprocess every image of ``source`` into ``target/<name>.bin`` with ``jobs`` processes.
+
+    ``resize`` / ``crop`` default to upstream's 256 / 224; other values serve models trained at other sizes.
 
     Failed files are listed in the report and never stop the others. ``progress(n)`` is called as files
     finish (in sorted order).
@@ -170,7 +173,7 @@ def preprocess_folder(source: str | PathLike, target: str | PathLike, jobs: int 
             os.unlink(entry.path)
 
     report = PreprocessReport()
-    expected = bin_nbytes(3, CROP_SIZE, CROP_SIZE)
+    expected = bin_nbytes(3, crop, crop)
     owner: dict[str, str] = {}
     tasks = []
     for path in files:
@@ -186,7 +189,7 @@ def preprocess_folder(source: str | PathLike, target: str | PathLike, jobs: int 
             if progress:
                 progress(1)
             continue
-        tasks.append((str(path), str(out)))
+        tasks.append((str(path), str(out), resize, crop))
 
     jobs = max(1, min(jobs or default_jobs(), len(tasks) or 1))
     if jobs == 1:
@@ -198,7 +201,7 @@ def preprocess_folder(source: str | PathLike, target: str | PathLike, jobs: int 
         pool = context.Pool(jobs)
         results = pool.imap(_work, tasks, chunksize=max(1, min(16, len(tasks) // (jobs * 8))))
     try:
-        for (source_path, _), error in zip(tasks, results):
+        for (source_path, *_), error in zip(tasks, results):
             if error is None:
                 report.written += 1
             else:

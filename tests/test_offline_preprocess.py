@@ -93,3 +93,15 @@ def test_fast_path_matches_reference_on_odd_sizes(tmp_path):
         path = write_image(tmp_path / f"{index}.jpg", width, height, seed=index)
         assert preprocess.preprocess_image(path).tobytes() == upstream_preprocess_bytes(path)
     assert preprocess.preprocess_image(path).dtype == np.float32
+
+
+def test_other_sizes_follow_the_same_algorithm(val_folder, tmp_path):
+    """--resize/--crop serve models trained at other sizes (the sample run uses 72/64)."""
+    status, out, err = run_tool(preprocess_tool, [val_folder, tmp_path / "bins", "--resize", "72", "--crop", "64"])
+    assert status == 0, err
+    source = sorted(val_folder.iterdir())[0]
+    produced = np.fromfile(tmp_path / "bins" / (source.name.split(".")[0] + ".bin"), dtype=np.float32)
+    assert produced.size == 3 * 64 * 64
+    assert np.array_equal(produced.reshape(3, 64, 64), preprocess.preprocess_image(source, resize=72, crop=64))
+    status, _, err = run_tool(preprocess_tool, [val_folder, tmp_path / "x", "--resize", "60", "--crop", "64"])
+    assert status != 0 and "--crop 64" in err
