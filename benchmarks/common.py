@@ -1,0 +1,88 @@
+"""Shared plumbing for the benchmark scripts: machine description, repeated timing, tables, JSON.
+
+Every benchmark runs its candidates side by side in one process (or one run), repeats each measurement,
+and reports medians and ratios, so a number is always read against its neighbour on the same machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """CPU model, cores, GPU (if any) and the versions of the libraries that shape the numbers."""
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+    for package in ("torch", "torchvision", "onnxruntime", "onnx", "numpy", "Pillow", "timm"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import torch
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def measure(run: Callable[[], int], repeats: int = 3, warmup: int = 1) -> dict:
+    """Call ``run`` (which returns how many items it processed) ``warmup`` + ``repeats`` times.
+
+    Returns the median items/s and every repeat's figure.
+    """
+    for _ in range(warmup):
+        run()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        items = run()
+        rates.append(items / (time.perf_counter() - start))
+    return {"median": statistics.median(rates), "repeats": rates}
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    def cell(value) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_header(info: dict) -> str:
+    gpu = f", GPU {info['gpu']}" if "gpu" in info else ", no GPU"
+    libs = ", ".join(f"{k} {info[k]}" for k in ("torch", "torchvision", "onnxruntime", "numpy", "Pillow", "timm")
+                     if k in info)
+    return f"Machine: {info['cpu']}, {info['cores']} cores{gpu}; Python {info['python']}; {libs}"
+
+
+def write_report(path: str | os.PathLike | None, name: str, info: dict, results: dict, table: str) -> None:
+    """Print the table with the machine line, and write the raw figures as JSON when ``path`` is given."""
+    print(f"\n## {name}\n\n{machine_header(info)}\n\n{table}\n", flush=True)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"benchmark": name, "machine": info, "results": results}, indent=2))
+        print(f"raw figures: {path}")

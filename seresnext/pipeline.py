@@ -1,0 +1,274 @@
+"""The main job in one command: sample data, training, export, the offline chain in both modes, summary.
+
+Every stage runs the same command a user would type from the README (``test/train_full_1p.sh``,
+``seresnext50_pth2onnx.py``, ``preprocess_se_resnext50_32x4d_pth.py``, ``get_info.py``,
+``se_resnext50_32x4d_atc.sh``, ``benchmark.py``, ``vision_metric_ImageNet.py``), so the job is a check that
+the documented chain works. A stage that finished leaves a stamp in ``<work>/.done/``; running the job
+again skips it (``--force`` reruns everything, ``--from STAGE`` reruns from a stage on).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("data", "train", "export", "preprocess", "info", "build", "run_bin", "run_jpg", "metric")
+
+# The sample recipe: low resolution so that 2 CPU cores train it in minutes. Real ImageNet runs upstream's.
+SAMPLE_TRAIN = {"image_size": 64, "val_resize": 72, "epochs": 18, "batch_size": 32, "lr": 0.1,
+                "extra": ["--warmup-epochs=1", "--label-smoothing=0.1"]}
+REAL_TRAIN = {"image_size": 224, "val_resize": 256, "epochs": None, "batch_size": None, "lr": None, "extra": []}
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names the stage, the command and where its output is."""
+
+
+@dataclass
+class Job:
+    work: Path
+    data: Path
+    sample: bool
+    recipe: dict
+    python: str = sys.executable
+    batch: int = 16
+    results: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.recipe["image_size"]
+
+    @property
+    def resize(self) -> int:
+        return self.recipe["val_resize"]
+
+    def path(self, *parts: str) -> Path:
+        return self.work.joinpath(*parts)
+
+
+def say(message: str) -> None:
+    print(f"[quickstart] {message}", flush=True)
+
+
+def run(stage: str, command: list[str], log: Path) -> str:
+    """Run one command, streaming its output to the terminal and to ``log``; raise StageError on failure."""
+    say(f"{stage}: $ {' '.join(shlex.quote(str(c)) for c in command)}")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    with open(log, "w") as sink:
+        process = subprocess.Popen([str(c) for c in command], cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in process.stdout:
+            sink.write(line)
+            lines.append(line)
+            print("    " + line, end="", flush=True)
+        status = process.wait()
+    if status != 0:
+        raise StageError(f"stage '{stage}' failed (exit {status}); its output is in {log}")
+    return "".join(lines)
+
+
+def stage_data(job: Job) -> None:
+    if not job.sample:
+        return
+    run("data", [job.python, "-m", "seresnext.sample_data", "--out", job.data, "--overwrite"],
+        job.path("logs", "data.log"))
+
+
+def stage_train(job: Job) -> None:
+    recipe = job.recipe
+    command = ["bash", "test/train_full_1p.sh", f"--data_path={job.data}", f"--output_dir={job.path('train')}",
+               f"--image_size={recipe['image_size']}", f"--val-resize-size={recipe['val_resize']}",
+               f"--val-crop-size={recipe['image_size']}"]
+    for key, flag in (("epochs", "--epochs"), ("batch_size", "--batch_size"), ("lr", "--lr")):
+        if recipe[key] is not None:
+            command.append(f"{flag}={recipe[key]}")
+    command += recipe["extra"]
+    output = run("train", command, job.path("logs", "train.log"))
+    found = {k: re.findall(pattern, output) for k, pattern in
+             (("fps", r"Final Performance images/sec : ([0-9.]+)"), ("acc1", r"Final Train Accuracy : ([0-9.]+)"))}
+    if not (job.path("train", "model_best.pth.tar")).is_file():
+        raise StageError(f"stage 'train' wrote no model_best.pth.tar in {job.path('train')}")
+    job.results["train"] = {k: float(v[-1]) for k, v in found.items() if v}
+
+
+def stage_export(job: Job) -> None:
+    run("export", [job.python, "seresnext50_pth2onnx.py", job.path("train", "model_best.pth.tar"),
+                   job.path("se_resnext50_32x4d.onnx")], job.path("logs", "export.log"))
+
+
+def val_flat(job: Job) -> Path:
+    return job.data / "val_flat"
+
+
+def stage_preprocess(job: Job) -> None:
+    run("preprocess", [job.python, "preprocess_se_resnext50_32x4d_pth.py", val_flat(job), job.path("prep_bin"),
+                       "--resize", job.resize, "--crop", job.size, "--no-progress"],
+        job.path("logs", "preprocess.log"))
+
+
+def stage_info(job: Job) -> None:
+    run("info", [job.python, "get_info.py", "bin", job.path("prep_bin"), job.path("seresnext50_val.info"),
+                 job.size, job.size], job.path("logs", "info_bin.log"))
+    run("info", [job.python, "get_info.py", "jpg", val_flat(job), job.path("ImageNet.info")],
+        job.path("logs", "info_jpg.log"))
+
+
+def aipp_config(job: Job) -> Path:
+    """Upstream's AIPP config, or the same one resized for the sample's resolution (DVPP resizes to a square
+    of the val resize size, AIPP crops the centre)."""
+    upstream = ROOT / "aipp_se_resnext50_32x4d_pth.config"
+    if (job.resize, job.size) == (256, 224):
+        return upstream
+    start = (job.resize - job.size) // 2 // 2 * 2  # YUV420SP crops start on even pixels
+    text = upstream.read_text()
+    for key, value in (("src_image_size_w", job.resize), ("src_image_size_h", job.resize),
+                       ("load_start_pos_h", start), ("load_start_pos_w", start),
+                       ("crop_size_w", job.size), ("crop_size_h", job.size)):
+        text, count = re.subn(rf"({key}\s*:\s*)\d+", rf"\g<1>{value}", text)
+        assert count == 1, key
+    path = job.path("aipp_sample.config")
+    path.write_text(text)
+    return path
+
+
+def stage_build(job: Job) -> None:
+    run("build", ["bash", "se_resnext50_32x4d_atc.sh", f"--model={job.path('se_resnext50_32x4d.onnx')}",
+                  f"--batch_size={job.batch}", f"--image_size={job.size}", f"--aipp_config={aipp_config(job)}",
+                  f"--output_dir={job.work}"], job.path("logs", "build.log"))
+
+
+def runner(job: Job, mode: str) -> None:
+    binary = mode == "bin"
+    model = job.path(f"seresnext50_32x4d_{'' if binary else 'aipp_'}{job.batch}.onnx")
+    size = job.size if binary else job.resize
+    info = job.path("seresnext50_val.info" if binary else "ImageNet.info")
+    output = run(f"run_{mode}", [job.python, "benchmark.py", "-model_type=vision", f"-om_path={model}",
+                                 "-device_id=0", f"-batch_size={job.batch}", f"-input_text_path={info}",
+                                 f"-input_width={size}", f"-input_height={size}", "-output_binary=false",
+                                 f"-useDvpp={'false' if binary else 'true'}", f"-result_dir={job.path('result_' + mode)}",
+                                 "-progress=false"], job.path("logs", f"run_{mode}.log"))
+    rates = re.findall(r"\[e2e\] throughputRate: ([0-9.]+)", output)
+    perf = job.path(f"result_{mode}", f"perf_vision_batchsize_{job.batch}_device_0.txt")
+    if not rates and perf.is_file():
+        rates = re.findall(r"\[e2e\] throughputRate: ([0-9.]+)", perf.read_text())
+    job.results[f"run_{mode}"] = {"images_per_second": float(rates[0]) if rates else None}
+
+
+def stage_run_bin(job: Job) -> None:
+    runner(job, "bin")
+
+
+def stage_run_jpg(job: Job) -> None:
+    runner(job, "jpg")
+
+
+def stage_metric(job: Job) -> None:
+    labels = job.data / "val_label.txt"
+    for mode in ("bin", "jpg"):
+        run("metric", [job.python, "vision_metric_ImageNet.py", job.path(f"result_{mode}", "dumpOutput_device0"),
+                       labels, job.path(f"result_{mode}"), "result.json"], job.path("logs", f"metric_{mode}.log"))
+
+
+def read_accuracy(result_json: Path) -> dict:
+    values = {item["key"]: item["value"] for item in json.loads(result_json.read_text())["value"]}
+    return {"top1": float(values["Top1 accuracy"].rstrip("%")), "top5": float(values["Top5 accuracy"].rstrip("%"))}
+
+
+def summary(job: Job) -> tuple[str, list[float]]:
+    """The closing table, read back from the files the stages wrote (so a rerun that skipped stages can
+    still report them)."""
+    train_log = job.path("train", "train_log.jsonl")
+    epochs = [json.loads(line) for line in train_log.read_text().splitlines() if line.strip()]
+    best = max(epochs, key=lambda e: e.get("val_top1", -1))
+    train_rates = [e["images_per_second"] for e in epochs[1:] or epochs]
+    rows = [("training (main.py, val set)", best["val_top1"], best["val_top5"],
+             f"{sorted(train_rates)[len(train_rates) // 2]:.1f} img/s training (median epoch)")]
+    for mode, name in (("bin", ".bin path (preprocess + runner)"), ("jpg", "JPEG path (DVPP-style + AIPP)")):
+        accuracy = read_accuracy(job.path(f"result_{mode}", "result.json"))
+        perf = job.path(f"result_{mode}", f"perf_vision_batchsize_{job.batch}_device_0.txt")
+        rate = re.findall(r"\[e2e\] throughputRate: ([0-9.]+)", perf.read_text())
+        rows.append((name, accuracy["top1"], accuracy["top5"], f"{float(rate[0]):.1f} img/s end to end, batch "
+                     f"{job.batch}" if rate else "-"))
+    lines = ["", "=" * 78, "SE-ResNeXt50_32x4d quickstart: summary", "=" * 78,
+             f"{'':40s} {'top-1':>7s} {'top-5':>7s}  speed"]
+    lines += [f"{name:40s} {t1:7.2f} {t5:7.2f}  {speed}" for name, t1, t5, speed in rows]
+    lines += ["", "artifacts:",
+              f"  dataset             {job.data}",
+              f"  checkpoints         {job.path('train', 'checkpoint.pth.tar')}, {job.path('train', 'model_best.pth.tar')}",
+              f"  training curves     {job.path('train', 'train_curves.png')} ({train_log.name} beside it)",
+              f"  ONNX (export)       {job.path('se_resnext50_32x4d.onnx')}",
+              f"  runner models       {job.path(f'seresnext50_32x4d_{job.batch}.onnx')}, "
+              f"{job.path(f'seresnext50_32x4d_aipp_{job.batch}.onnx')}",
+              f"  result.json         {job.path('result_bin', 'result.json')}, {job.path('result_jpg', 'result.json')}",
+              f"  stage logs          {job.path('logs')}", "=" * 78]
+    return "\n".join(lines), [r[1] for r in rows]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quickstart.sh", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_path", default=None,
+                        help="a real ImageNet (train/, val/<wnid>/, val_flat/, val_label.txt); default: generate "
+                             "the sample set into <work>/sample")
+    parser.add_argument("--work_dir", default=str(ROOT / "quickstart"), help="where everything goes")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--force", action="store_true", help="rerun every stage")
+    parser.add_argument("--from", dest="start", choices=STAGES, default=None, help="rerun from this stage on")
+    parser.add_argument("--min-top1", type=float, default=None,
+                        help="exit non-zero when any printed top-1 is below this (default: 90 on the sample)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    work = Path(args.work_dir).resolve()
+    sample = args.data_path is None
+    recipe = dict(SAMPLE_TRAIN if sample else REAL_TRAIN)
+    if args.epochs is not None:
+        recipe["epochs"] = args.epochs
+    job = Job(work=work, data=(work / "sample") if sample else Path(args.data_path).resolve(), sample=sample,
+              recipe=recipe)
+    if not sample and not (job.data / "val_flat").is_dir():
+        say(f"error: --data_path {job.data} has no val_flat/ (a flat folder of the val JPEGs) for the offline "
+            f"chain; make one with links to val/<wnid>/*.JPEG, and val_label.txt with make_val_label.py")
+        return 2
+    done = work / ".done"
+    done.mkdir(parents=True, exist_ok=True)
+    stale = args.force
+    started = time.perf_counter()
+    try:
+        for number, stage in enumerate(STAGES, 1):
+            stale = stale or stage == args.start
+            stamp = done / stage
+            if stamp.exists() and not stale:
+                say(f"[{number}/{len(STAGES)}] {stage}: done before, reused (--force or --from {stage} redoes it)")
+                continue
+            stale = True  # everything after a redone stage depends on it
+            say(f"[{number}/{len(STAGES)}] {stage} ...")
+            began = time.perf_counter()
+            globals()[f"stage_{stage}"](job)
+            stamp.write_text(f"{time.time()}\n")
+            say(f"[{number}/{len(STAGES)}] {stage}: finished in {time.perf_counter() - began:.0f} s")
+        text, top1s = summary(job)
+    except (StageError, OSError, ValueError, KeyError) as exc:
+        say(f"error: {exc}")
+        return 1
+    print(text)
+    say(f"total {time.perf_counter() - started:.0f} s")
+    floor = args.min_top1 if args.min_top1 is not None else (90.0 if sample else None)
+    if floor is not None and min(top1s) < floor:
+        say(f"error: a top-1 is below {floor}% ({', '.join(f'{t:.2f}' for t in top1s)})")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
