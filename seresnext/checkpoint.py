@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 from collections.abc import Iterable, Mapping
 from os import PathLike
 from pathlib import Path
@@ -24,8 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .formats import atomic_write
+
 __all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_module_prefix",
-           "load_model_weights", "apply_state_dict", "save_checkpoint", "atomic_write_bytes", "CHECKPOINT_NAME", "BEST_NAME",
+           "load_model_weights", "apply_state_dict", "save_checkpoint", "CHECKPOINT_NAME", "BEST_NAME",
            "TRAINING_KEYS", "plain_data", "save_training_checkpoint", "load_training_checkpoint",
            "find_latest_checkpoint"]
 
@@ -115,28 +116,11 @@ def apply_state_dict(model: nn.Module, loaded: Mapping[str, torch.Tensor], path:
     model.load_state_dict({k: v for k, v in loaded.items() if keep(k)}, strict=not skip)
 
 
-def atomic_write_bytes(path: str | PathLike, write: callable) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def save_checkpoint(obj: Any, path: str | PathLike) -> None:
     """``torch.save`` atomically; ``obj`` must hold only tensors and plain data (weights-only loadable)."""
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getbuffer())
 
 
 def plain_data(value: Any) -> Any:
@@ -162,9 +146,9 @@ def save_training_checkpoint(state: Mapping[str, Any], output_dir: str | PathLik
     torch.save(dict(state), buffer)
     data = buffer.getbuffer()
     if is_best:  # written first, so that checkpoint.pth.tar is always the newest file
-        atomic_write_bytes(Path(output_dir) / BEST_NAME, lambda f: f.write(data))
+        atomic_write(Path(output_dir) / BEST_NAME, data)
     path = Path(output_dir) / CHECKPOINT_NAME
-    atomic_write_bytes(path, lambda f: f.write(data))
+    atomic_write(path, data)
     return path
 
 

@@ -15,7 +15,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes
+from .formats import atomic_write
 
 __all__ = ["LOG_NAME", "PLOT_NAME", "append_record", "read_records", "drop_records_from", "plot_curves"]
 
@@ -57,7 +57,7 @@ def drop_records_from(path: str | PathLike, epoch: int) -> None:
     kept = [r for r in records if r.get("epoch", -1) < epoch]
     if len(kept) != len(records):
         text = "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8")
-        atomic_write_bytes(path, lambda f: f.write(text))
+        atomic_write(path, text)
 
 
 def plot_curves(records: Sequence[Mapping[str, Any]], png_path: str | PathLike) -> Path | None:
