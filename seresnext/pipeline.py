@@ -101,7 +101,7 @@ def stage_train(job: Job) -> None:
 
 def stage_export(job: Job) -> None:
     run("export", [job.python, "seresnext50_pth2onnx.py", job.path("train", "model_best.pth.tar"),
-                   job.path("se_resnext50_32x4d.onnx")], job.path("logs", "export.log"))
+                   job.path("se_resnext50_32x4d.onnx"), "--image-size", job.size], job.path("logs", "export.log"))
 
 
 def val_flat(job: Job) -> Path:
@@ -178,8 +178,10 @@ def stage_metric(job: Job) -> None:
 
 
 def read_accuracy(result_json: Path) -> dict:
+    """Top-1 and top-5 from a result.json (top-5 is absent for models of fewer than 5 classes: NaN)."""
     values = {item["key"]: item["value"] for item in json.loads(result_json.read_text())["value"]}
-    return {"top1": float(values["Top1 accuracy"].rstrip("%")), "top5": float(values["Top5 accuracy"].rstrip("%"))}
+    return {k: float(values[f"Top{k[-1]} accuracy"].rstrip("%")) if f"Top{k[-1]} accuracy" in values else float("nan")
+            for k in ("top1", "top5")}
 
 
 def summary(job: Job) -> tuple[str, list[float]]:
