@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from seresnext.cli import run_main
-from seresnext.export import DEFAULT_OPSET, checkpoint_metadata, export_onnx, load_model
+from seresnext.export import add_export_arguments, export_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,19 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input_file", help="se_resnext50_32x4d-a260b3a4.pth or model_best.pth.tar")
     parser.add_argument("output_file", help="the .onnx to write")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="input height and width (default: the checkpoint's, else 224)")
-    parser.add_argument("--atol", type=float, default=1e-4,
-                        help="largest ONNX Runtime vs torch difference accepted (default %(default)g)")
+    add_export_arguments(parser)
     args = parser.parse_args(argv)
-    model, info = load_model(args.input_file)
-    report = export_onnx(model, args.output_file, input_name="image", output_name="class", batch_size=None,
-                         image_size=args.image_size or info.image_size or 224, opset=args.opset,
-                         atol=args.atol, metadata=checkpoint_metadata(info))
-    print(f"seresnext50_pth2onnx: {args.input_file} ({info.num_classes} classes) -> {report.path}: opset "
-          f"{report.opset}, input image{report.input_shape}, onnx checker ok, ONNX Runtime vs torch max abs "
-          f"diff {report.max_abs_diff:.3g} (batch {report.check_batch})")
+    export_checkpoint(args.input_file, args.output_file, args, input_name="image", output_name="class",
+                      batch_size=None, prog="seresnext50_pth2onnx")
     return 0
 
 

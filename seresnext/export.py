@@ -116,3 +116,26 @@ def checkpoint_metadata(info: CheckpointInfo) -> dict[str, str]:
     if info.class_names:
         metadata["seresnext.class_names"] = json.dumps(list(info.class_names))
     return metadata
+
+
+def add_export_arguments(parser) -> None:
+    """The flags both export scripts share: ``--opset``, ``--image-size``, ``--atol``."""
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input height and width (default: the checkpoint's, else 224)")
+    parser.add_argument("--atol", type=float, default=1e-4,
+                        help="largest ONNX Runtime vs torch difference accepted (default %(default)g)")
+
+
+def export_checkpoint(checkpoint: str | PathLike, out_path: str | PathLike, args, *, input_name: str,
+                      output_name: str, batch_size: int | None, prog: str) -> ExportReport:
+    """Load a checkpoint or weight file, export it with the shared flags in ``args``, print one summary line."""
+    model, info = load_model(checkpoint)
+    report = export_onnx(model, out_path, input_name=input_name, output_name=output_name, batch_size=batch_size,
+                         image_size=args.image_size or info.image_size or 224, opset=args.opset, atol=args.atol,
+                         metadata=checkpoint_metadata(info))
+    epoch = f", epoch {info.epoch}" if info.epoch is not None else ""
+    print(f"{prog}: {checkpoint} ({info.num_classes} classes{epoch}) -> {report.path}: opset {report.opset}, "
+          f"input {input_name}{report.input_shape}, onnx checker ok, ONNX Runtime vs torch max abs diff "
+          f"{report.max_abs_diff:.3g} (batch {report.check_batch})")
+    return report
