@@ -1,0 +1,112 @@
+"""Offline runner throughput per batch size, against a default ONNX Runtime session and torch eager fp32.
+
+For each batch size: the model is built as a user would (``se_resnext50_32x4d_atc.sh --batch_size=N``), then
+  runner e2e        benchmark.py on the .info of preprocessed images, dump files included (its [e2e] line)
+  runner inference  the same run's model calls alone (its "Interface throughputRate")
+  ORT default       a plain onnxruntime.InferenceSession with default options on the exported model
+  torch eager fp32  the PyTorch model, no_grad, same batch
+``--int8`` adds the runner on the int8 build (``--precision=int8``, calibrated on the same .bin files).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import ROOT, machine_info, markdown_table, measure, write_report
+
+
+def sh(command: list) -> str:
+    out = subprocess.run([str(c) for c in command], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(map(str, command))}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return out.stdout
+
+
+def runner_rates(model: Path, batch: int, info: Path, size: int, result: Path) -> tuple[float, float]:
+    sh([sys.executable, "benchmark.py", "-model_type=vision", f"-om_path={model}", "-device_id=0",
+              f"-batch_size={batch}", f"-input_text_path={info}", f"-input_width={size}", f"-input_height={size}",
+              "-output_binary=false", "-useDvpp=false", f"-result_dir={result}", "-progress=false"])
+    perf = (result / f"perf_vision_batchsize_{batch}_device_0.txt").read_text()
+    e2e = float(re.search(r"\[e2e\] throughputRate: ([0-9.]+)", perf).group(1))
+    interface = float(re.search(r"Interface throughputRate: ([0-9.]+)", perf).group(1))
+    return e2e, interface
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", required=True, help="flat JPEG folder, e.g. <sample>/val_flat")
+    parser.add_argument("--checkpoint", default=None, help="model (default: a seeded 1000-class model)")
+    parser.add_argument("--size", type=int, default=224,
+                        help="input size (other than 224 needs an --aipp-config of that size: the build makes both models)")
+    parser.add_argument("--aipp-config", default=str(ROOT / "aipp_se_resnext50_32x4d_pth.config"))
+    parser.add_argument("--batches", default="1,4,8,16,32")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--int8", action="store_true", help="also the int8 build")
+    parser.add_argument("--json", default="benchmarks/results/runner.json")
+    args = parser.parse_args()
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from seresnext.export import load_model
+    from seresnext.model import se_resnext50_32x4d
+
+    work = Path(tempfile.mkdtemp(prefix="bench_runner_"))
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        torch.manual_seed(0)
+        checkpoint = work / "seeded.pth"
+        torch.save(se_resnext50_32x4d().eval().state_dict(), checkpoint)
+    onnx_model = work / "se_resnext50_32x4d.onnx"
+    sh([sys.executable, "seresnext50_pth2onnx.py", checkpoint, onnx_model, "--image-size", args.size])
+    resize = round(args.size * 256 / 224)
+    sh([sys.executable, "preprocess_se_resnext50_32x4d_pth.py", args.images, work / "prep_bin", "--resize", resize,
+        "--crop", args.size, "--no-progress"])
+    info = work / "val.info"
+    sh([sys.executable, "get_info.py", "bin", work / "prep_bin", info, args.size, args.size])
+    model, _ = load_model(checkpoint)
+    model.eval()
+    session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
+    results: dict = {"settings": vars(args)}
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        sh(["bash", "se_resnext50_32x4d_atc.sh", f"--model={onnx_model}", f"--batch_size={batch}",
+            f"--image_size={args.size}", f"--output_dir={work}", f"--aipp_config={args.aipp_config}"])
+        e2e, interface = runner_rates(work / f"seresnext50_32x4d_{batch}.onnx", batch, info, args.size,
+                                      work / f"result_{batch}")
+        feed = np.random.default_rng(0).standard_normal((batch, 3, args.size, args.size), dtype=np.float32)
+        tensor = torch.from_numpy(feed)
+
+        def ort_default() -> int:
+            session.run(None, {"image": feed})
+            return batch
+
+        def torch_eager() -> int:
+            with torch.no_grad():
+                model(tensor)
+            return batch
+        figures = {"runner e2e": e2e, "runner inference": interface,
+                   "ORT default": measure(ort_default, repeats=args.repeats)["median"],
+                   "torch eager fp32": measure(torch_eager, repeats=args.repeats)["median"]}
+        if args.int8:
+            sh(["bash", "se_resnext50_32x4d_atc.sh", f"--model={onnx_model}", f"--batch_size={batch}",
+                f"--image_size={args.size}", f"--output_dir={work}", f"--aipp_config={args.aipp_config}", "--precision=int8",
+                f"--calib_dir={work / 'prep_bin'}"])
+            figures["runner int8 e2e"], _ = runner_rates(work / f"seresnext50_32x4d_int8_{batch}.onnx", batch, info,
+                                                         args.size, work / f"result_int8_{batch}")
+        results[f"batch {batch}"] = figures
+        row = [batch, *figures.values(), figures["runner e2e"] / figures["ORT default"],
+               figures["runner e2e"] / figures["torch eager fp32"], figures["runner e2e"] / figures["runner inference"]]
+        rows.append(row)
+    headers = ["batch", "runner e2e", "runner inference", "ORT default", "torch eager fp32",
+               *(["runner int8 e2e"] if args.int8 else []), "e2e x ORT", "e2e x torch", "e2e / inference"]
+    table = markdown_table(headers, rows) + f"\n\n(images/s, {args.size}x{args.size}, fp32 unless named)"
+    write_report(args.json, "Offline runner", machine_info(), results, table)
+
+
+if __name__ == "__main__":
+    main()
