@@ -119,6 +119,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="continue from the newest checkpoint in --output-dir, if there is one")
     parser.add_argument("--synthetic", action="store_true",
                         help="random tensors instead of a dataset (throughput runs; --data_path is ignored)")
+    parser.add_argument("--min-crop-scale", default=0.08, type=float,
+                        help="smallest area fraction RandomResizedCrop may take (default: 0.08, as upstream); "
+                             "larger values make small or low-resolution datasets learn faster")
+    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                        help="sgd (upstream: momentum, weight decay on all parameters) or adamw (decoupled "
+                             "weight decay; e.g. --lr 0.002 --wd 0.05), which learns much faster on small data")
     parser.add_argument("--max-nonfinite-steps", default=20, type=int,
                         help="stop when the loss has been NaN/inf for this many consecutive steps (default: 20)")
     return parser
@@ -139,6 +145,8 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} {value}: must be at least 1")
     if args.workers < 0:
         raise ValueError(f"--workers {args.workers}: must be 0 or more")
+    if not 0.0 < args.min_crop_scale <= 1.0:
+        raise ValueError(f"--min-crop-scale {args.min_crop_scale}: must be in (0, 1]")
     plan = plan_launch(multiprocessing_distributed=args.multiprocessing_distributed, device_list=args.device_list,
                        world_size=args.world_size, rank=args.rank, gpu=args.gpu)
     backend = choose_backend(args.device, args.dist_backend) if plan.distributed else None
@@ -185,7 +193,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         else:
             root = Path(args.data_path)
             train_set = None if args.evaluate else data.RobustImageFolder(
-                root / "train", data.train_transform(args.image_size), substitute=True, seed=data_seed)
+                root / "train", data.train_transform(args.image_size, args.min_crop_scale), substitute=True, seed=data_seed)
             val_set = data.RobustImageFolder(root / "val", data.val_transform(resize_size, crop_size),
                                              substitute=False)
             classes = val_set.classes
@@ -216,8 +224,13 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         # loss, optimizer, precision
         criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing).to(device)
         val_criterion = nn.CrossEntropyLoss().to(device)
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
-                                    momentum=args.momentum, weight_decay=args.weight_decay)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        fused = {"fused": True} if device.type in ("cpu", "cuda") else {}  # one kernel, not a loop over tensors
+        if args.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(trainable, args.lr, weight_decay=args.weight_decay, **fused)
+        else:
+            optimizer = torch.optim.SGD(trainable, args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                        **fused)
         precision = resolve_precision(args.device, args.amp, args.opt_level, args.amp_dtype, args.loss_scale_value)
         scaler = precision.make_scaler()
         printer.line(f"=> precision: {precision.describe()}")

@@ -118,9 +118,11 @@ def _normalize() -> transforms.Normalize:
     return transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-def train_transform(image_size: int = 224) -> transforms.Compose:
-    """Upstream's train recipe: RandomResizedCrop, horizontal flip, ImageNet normalisation."""
-    return transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
+def train_transform(image_size: int = 224, min_crop_scale: float = 0.08) -> transforms.Compose:
+    """Upstream's train recipe: RandomResizedCrop (area fraction ``min_crop_scale``..1, torchvision's default
+    0.08), horizontal flip, ImageNet normalisation."""
+    return transforms.Compose([transforms.RandomResizedCrop(image_size, scale=(min_crop_scale, 1.0)),
+                               transforms.RandomHorizontalFlip(),
                                transforms.ToTensor(), _normalize()])
 
 

@@ -74,6 +74,13 @@ def test_stop_step_num_stops_mid_epoch_and_auto_resume_continues_exactly(dataset
                         load(straight / "checkpoint.pth.tar")["state_dict"]) == []
 
 
+def test_adamw_optimizer_trains_and_is_checkpointed(dataset, tmp_path):
+    assert run_main(["--data_path", dataset, "--output-dir", tmp_path, "--epochs", 1, "--stop-step-num", 1,
+                     "--optimizer", "adamw", "--wd", 0.05, *TINY]) == 0
+    state = load(tmp_path / "checkpoint.pth.tar")["optimizer"]
+    assert "exp_avg" in state["state"][0] and state["param_groups"][0]["weight_decay"] == 0.05
+
+
 def test_persistent_nan_stops_and_leaves_the_last_good_checkpoint(dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SERESNEXT_TEST_NAN_STEPS", "2-")  # from the first step of epoch 1 on
     status = run_main(["--data_path", dataset, "--output-dir", tmp_path, "--epochs", 3,

@@ -27,6 +27,7 @@ def test_upstream_flags_keep_spelling_defaults_and_prefixes():
         ("/dataset/imagenet", 4, 90, 0, 256, 0.1, 0.1, 0.9, 1e-4, None, "0,1,2,3,4,5,6,7", None, -1, -1, "", "",
          "", "1024", 10, 10, None, "", False, 0)
     assert d.output_dir == "." and not (d.channels_last or d.compile or d.auto_resume or d.synthetic)
+    assert d.optimizer == "sgd" and d.min_crop_scale == 0.08 and d.label_smoothing == 0.0 and d.warmup_epochs == 0 and d.amp_dtype is None
     assert d.pretrained is None
     assert main.get_args_parser().parse_args(["--pretrained"]).pretrained == "./model_best.pth.tar"
     assert main.get_args_parser().parse_args(["--pretrained", "w.pth"]).pretrained == "w.pth"
@@ -151,6 +152,23 @@ def test_bad_data_path_fails_before_any_work_with_one_line(tmp_path, capsys, cas
     assert len(err) == 1 and err[0].startswith("main.py: error: --data_path") and "Traceback" not in err[0]
     assert __import__("re").search(expected, err[0]), err[0]
     assert time.perf_counter() - started < 5 and not (tmp_path / "out" / "checkpoint.pth.tar").exists()
+
+
+def test_min_crop_scale_bounds_the_random_crop_area(tmp_path):
+    crop = data.train_transform(32, min_crop_scale=0.5).transforms[0]
+    assert crop.scale == (0.5, 1.0) and data.train_transform(32).transforms[0].scale == (0.08, 1.0)
+    image = __import__("PIL.Image").Image.new("RGB", (200, 100))
+    torch.manual_seed(0)
+    areas = [h * w / (200 * 100) for _, _, h, w in (crop.get_params(image, crop.scale, crop.ratio) for _ in range(200))]
+    assert min(areas) >= 0.45 and max(areas) <= 1.0
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
+def test_min_crop_scale_out_of_range_is_refused(tmp_path, capsys, value):
+    root = make_image_folder(tmp_path / "d", classes=2, train=1, val=1)
+    assert run_main(["--data_path", root, "--device", "cpu", "--output-dir", tmp_path / "out",
+                     "--min-crop-scale", value]) != 0
+    assert f"--min-crop-scale {float(value)}: must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_class_names_come_from_synset_words(tmp_path):
