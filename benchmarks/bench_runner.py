@@ -36,6 +36,13 @@ def runner_rates(model: Path, batch: int, info: Path, size: int, result: Path) -
     return e2e, interface
 
 
+def top1_per_image(result: Path) -> dict[str, int]:
+    """Top-1 class of every image from a runner result folder's text dump files."""
+    import numpy as np
+    return {f.name: int(np.argmax(np.loadtxt(f, ndmin=1)))
+            for f in sorted((result / "dumpOutput_device0").glob("*.txt"))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", required=True, help="flat JPEG folder, e.g. <sample>/val_flat")
@@ -70,7 +77,13 @@ def main() -> None:
     sh([sys.executable, "get_info.py", "bin", work / "prep_bin", info, args.size, args.size])
     model, _ = load_model(checkpoint)
     model.eval()
-    session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
+    # On a CUDA machine every candidate runs on the GPU: the runner picks ONNX Runtime's CUDA provider itself
+    # (-provider=auto), the plain session gets it explicitly, torch eager runs on cuda.
+    on_gpu = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if on_gpu else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(onnx_model), providers=providers)
+    device = torch.device("cuda" if on_gpu else "cpu")
+    model.to(device)
     results: dict = {"settings": vars(args)}
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -79,7 +92,7 @@ def main() -> None:
         e2e, interface = runner_rates(work / f"seresnext50_32x4d_{batch}.onnx", batch, info, args.size,
                                       work / f"result_{batch}")
         feed = np.random.default_rng(0).standard_normal((batch, 3, args.size, args.size), dtype=np.float32)
-        tensor = torch.from_numpy(feed)
+        tensor = torch.from_numpy(feed).to(device)
 
         def ort_default() -> int:
             session.run(None, {"image": feed})
@@ -88,6 +101,8 @@ def main() -> None:
         def torch_eager() -> int:
             with torch.no_grad():
                 model(tensor)
+            if on_gpu:
+                torch.cuda.synchronize()
             return batch
         figures = {"runner e2e": e2e, "runner inference": interface,
                    "ORT default": measure(ort_default, repeats=args.repeats)["median"],
@@ -98,13 +113,21 @@ def main() -> None:
                 f"--calib_dir={work / 'prep_bin'}"])
             figures["runner int8 e2e"], _ = runner_rates(work / f"seresnext50_32x4d_int8_{batch}.onnx", batch, info,
                                                          args.size, work / f"result_int8_{batch}")
+            fp32_top1 = top1_per_image(work / f"result_{batch}")
+            int8_top1 = top1_per_image(work / f"result_int8_{batch}")
+            if not fp32_top1 or fp32_top1.keys() != int8_top1.keys():
+                raise SystemExit(f"batch {batch}: the fp32 and int8 runs dumped different image sets")
+            figures["int8 top-1 agreement %"] = 100.0 * sum(fp32_top1[k] == int8_top1[k] for k in fp32_top1) / len(fp32_top1)
         results[f"batch {batch}"] = figures
         row = [batch, *figures.values(), figures["runner e2e"] / figures["ORT default"],
-               figures["runner e2e"] / figures["torch eager fp32"], figures["runner e2e"] / figures["runner inference"]]
+               figures["runner e2e"] / figures["torch eager fp32"], figures["runner e2e"] / figures["runner inference"],
+               *([figures["runner int8 e2e"] / figures["runner e2e"]] if args.int8 else [])]
         rows.append(row)
     headers = ["batch", "runner e2e", "runner inference", "ORT default", "torch eager fp32",
-               *(["runner int8 e2e"] if args.int8 else []), "e2e x ORT", "e2e x torch", "e2e / inference"]
-    table = markdown_table(headers, rows) + f"\n\n(images/s, {args.size}x{args.size}, fp32 unless named)"
+               *(["runner int8 e2e", "int8 top-1 agreement %"] if args.int8 else []), "e2e x ORT", "e2e x torch",
+               "e2e / inference", *(["int8 x fp32 e2e"] if args.int8 else [])]
+    table = markdown_table(headers, rows) + (f"\n\n(images/s, {args.size}x{args.size}, fp32 unless named, "
+                                             f"{'CUDA' if on_gpu else 'CPU'})")
     write_report(args.json, "Offline runner", machine_info(), results, table)
 
 

@@ -84,5 +84,6 @@ def write_report(path: str | os.PathLike | None, name: str, info: dict, results:
     print(f"\n## {name}\n\n{machine_header(info)}\n\n{table}\n", flush=True)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps({"benchmark": name, "machine": info, "results": results}, indent=2))
+        Path(path).write_text(json.dumps({"benchmark": name, "machine": info, "results": results,
+                                                "table": table}, indent=2))
         print(f"raw figures: {path}")
