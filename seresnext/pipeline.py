@@ -193,7 +193,10 @@ def summary(job: Job) -> tuple[str, list[float]]:
     still report them)."""
     train_log = job.path("train", "train_log.jsonl")
     epochs = [json.loads(line) for line in train_log.read_text().splitlines() if line.strip()]
-    best = max(epochs, key=lambda e: e.get("val_top1", -1))
+    validated = [e for e in epochs if e.get("val_top1") is not None]  # --eval-freq leaves some epochs out
+    if not validated:
+        raise StageError(f"{train_log} has no validated epoch; rerun with --from train")
+    best = max(validated, key=lambda e: e["val_top1"])
     train_rates = [e["images_per_second"] for e in epochs[1:] or epochs]
     rows = [("training (main.py, val set)", best["val_top1"], best["val_top5"],
              f"{sorted(train_rates)[len(train_rates) // 2]:.1f} img/s training (median epoch)")]

@@ -17,8 +17,10 @@ def test_offline_stages_run_the_documented_chain_and_reruns_reuse_them(tmp_path,
     model = se_resnext50_32x4d(num_classes=3)
     save_checkpoint({"epoch": 1, "best_acc1": 40.0, "state_dict": model.state_dict(), "arch": "se_resnext50_32x4d"},
                     work / "train" / "model_best.pth.tar")
-    (work / "train" / "train_log.jsonl").write_text(json.dumps(
-        {"epoch": 0, "images_per_second": 50.0, "val_top1": 40.0, "val_top5": 100.0}) + "\n")
+    (work / "train" / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in (  # as main.py writes it
+        {"epoch": 0, "images_per_second": 50.0, "val_top1": 40.0, "val_top5": 100.0},
+        {"epoch": 1, "images_per_second": 52.0, "val_top1": None, "val_top5": None},  # not validated (--eval-freq)
+        {"epoch": 2, "images_per_second": 51.0, "val_top1": 45.0, "val_top5": 100.0})))
     (work / ".done").mkdir()
     for stage in ("data", "train"):  # stand-ins for the slow stages
         (work / ".done" / stage).write_text("0\n")
@@ -30,6 +32,8 @@ def test_offline_stages_run_the_documented_chain_and_reruns_reuse_them(tmp_path,
         assert result["value"][0] == {"key": "Number of images", "value": str(sample.num_val)}
     assert "bash se_resnext50_32x4d_atc.sh" in out and "-useDvpp=true" in out
     assert "summary" in out and "JPEG path" in out
+    assert any(line.startswith("training (main.py, val set)") and line.split()[4] == "45.00"
+               for line in out.splitlines()), out
 
     assert pipeline.main(["--work_dir", str(work), "--min-top1", "0"]) == 0
     again = capsys.readouterr().out
