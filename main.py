@@ -122,6 +122,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--min-crop-scale", default=0.08, type=float,
                         help="smallest area fraction RandomResizedCrop may take (default: 0.08, as upstream); "
                              "larger values make small or low-resolution datasets learn faster")
+    parser.add_argument("--max-crop-aspect", default=4 / 3, type=float,
+                        help="RandomResizedCrop's aspect ratios span 1/F..F (default: 4/3, as upstream); wider "
+                             "ranges teach the model the squashing of a DVPP-style resize to a square")
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
                         help="sgd (upstream: momentum, weight decay on all parameters) or adamw (decoupled "
                              "weight decay; e.g. --lr 0.002 --wd 0.05), which learns much faster on small data")
@@ -147,6 +150,8 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers {args.workers}: must be 0 or more")
     if not 0.0 < args.min_crop_scale <= 1.0:
         raise ValueError(f"--min-crop-scale {args.min_crop_scale}: must be in (0, 1]")
+    if args.max_crop_aspect < 1.0:
+        raise ValueError(f"--max-crop-aspect {args.max_crop_aspect}: must be 1 or more")
     plan = plan_launch(multiprocessing_distributed=args.multiprocessing_distributed, device_list=args.device_list,
                        world_size=args.world_size, rank=args.rank, gpu=args.gpu)
     backend = choose_backend(args.device, args.dist_backend) if plan.distributed else None
@@ -193,7 +198,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         else:
             root = Path(args.data_path)
             train_set = None if args.evaluate else data.RobustImageFolder(
-                root / "train", data.train_transform(args.image_size, args.min_crop_scale), substitute=True, seed=data_seed)
+                root / "train", data.train_transform(args.image_size, args.min_crop_scale, args.max_crop_aspect), substitute=True, seed=data_seed)
             val_set = data.RobustImageFolder(root / "val", data.val_transform(resize_size, crop_size),
                                              substitute=False)
             classes = val_set.classes

@@ -118,10 +118,13 @@ def _normalize() -> transforms.Normalize:
     return transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-def train_transform(image_size: int = 224, min_crop_scale: float = 0.08) -> transforms.Compose:
-    """Upstream's train recipe: RandomResizedCrop (area fraction ``min_crop_scale``..1, torchvision's default
-    0.08), horizontal flip, ImageNet normalisation."""
-    return transforms.Compose([transforms.RandomResizedCrop(image_size, scale=(min_crop_scale, 1.0)),
+def train_transform(image_size: int = 224, min_crop_scale: float = 0.08,
+                    max_crop_aspect: float = 4 / 3) -> transforms.Compose:
+    """Upstream's train recipe: RandomResizedCrop (area fraction ``min_crop_scale``..1 and aspect ratio
+    1/``max_crop_aspect``..``max_crop_aspect``, torchvision's defaults 0.08 and 4/3), horizontal flip,
+    ImageNet normalisation."""
+    return transforms.Compose([transforms.RandomResizedCrop(image_size, scale=(min_crop_scale, 1.0),
+                                                            ratio=(1 / max_crop_aspect, max_crop_aspect)),
                                transforms.RandomHorizontalFlip(),
                                transforms.ToTensor(), _normalize()])
 
