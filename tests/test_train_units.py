@@ -163,6 +163,12 @@ def test_min_crop_scale_bounds_the_random_crop_area(tmp_path):
     assert min(areas) >= 0.45 and max(areas) <= 1.0
 
 
+def test_max_crop_aspect_sets_the_random_crop_ratio_range():
+    crop = data.train_transform(32, max_crop_aspect=2.0).transforms[0]
+    assert crop.ratio == (0.5, 2.0) and data.train_transform(32).transforms[0].ratio == pytest.approx((3 / 4, 4 / 3))
+    assert main.get_args_parser().parse_args([]).max_crop_aspect == pytest.approx(4 / 3)
+
+
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
 def test_min_crop_scale_out_of_range_is_refused(tmp_path, capsys, value):
     root = make_image_folder(tmp_path / "d", classes=2, train=1, val=1)
