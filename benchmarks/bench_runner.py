@@ -75,6 +75,13 @@ def main() -> None:
         "--crop", args.size, "--no-progress"])
     info = work / "val.info"
     sh([sys.executable, "get_info.py", "bin", work / "prep_bin", info, args.size, args.size])
+    # Keep a multiple of the largest batch: a last partial batch is padded and computed in full, which would
+    # charge the runner for images the other candidates (always full batches) never compute.
+    lines = info.read_text().splitlines()
+    largest = max(int(b) for b in args.batches.split(","))
+    if len(lines) < largest:
+        raise SystemExit(f"--images: {len(lines)} images, fewer than the largest batch {largest}")
+    info.write_text("\n".join(lines[:len(lines) - len(lines) % largest]) + "\n")
     model, _ = load_model(checkpoint)
     model.eval()
     # On a CUDA machine every candidate runs on the GPU: the runner picks ONNX Runtime's CUDA provider itself
