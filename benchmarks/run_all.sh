@@ -6,8 +6,10 @@
 #   --quick     fewer repeats and batch sizes (a smoke run; not for published figures)
 #   --data=DIR  an existing sample dataset (default: generate one under $WORK)
 # On a CUDA machine the same script measures the GPU: bench_train.py picks cuda (fp16 autocast,
-# channels_last, compile) and bench_runner.py runs every candidate on ONNX Runtime's CUDA provider or cuda when onnxruntime-gpu is
-# installed (the runner picks it itself, -provider=auto). Environment: PYTHON (default: ./.venv/bin/python, else python3), WORK (default: /tmp/bench_all).
+# channels_last, compile), and bench_runner.py runs its candidates on ONNX Runtime's CUDA provider and on
+# cuda when onnxruntime-gpu is installed (the runner picks the provider itself, -provider=auto).
+# Environment: PYTHON (default: ./.venv/bin/python, else python3), WORK (default: /tmp/bench_all),
+# RUNNER_ARGS (extra bench_runner.py flags, e.g. "--int8 --checkpoint model_best.pth.tar").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
@@ -18,7 +20,7 @@ for arg in "$@"; do
     case $arg in
         --quick) quick=true ;;
         --data=*) data=${arg#--data=} ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "run_all.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
