@@ -197,8 +197,9 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
             classes = class_names = train_set.classes
         else:
             root = Path(args.data_path)
+            train_tf = data.train_transform(args.image_size, args.min_crop_scale, args.max_crop_aspect)
             train_set = None if args.evaluate else data.RobustImageFolder(
-                root / "train", data.train_transform(args.image_size, args.min_crop_scale, args.max_crop_aspect), substitute=True, seed=data_seed)
+                root / "train", train_tf, substitute=True, seed=data_seed)
             val_set = data.RobustImageFolder(root / "val", data.val_transform(resize_size, crop_size),
                                              substitute=False)
             classes = val_set.classes

@@ -124,7 +124,8 @@ def main() -> None:
             int8_top1 = top1_per_image(work / f"result_int8_{batch}")
             if not fp32_top1 or fp32_top1.keys() != int8_top1.keys():
                 raise SystemExit(f"batch {batch}: the fp32 and int8 runs dumped different image sets")
-            figures["int8 top-1 agreement %"] = 100.0 * sum(fp32_top1[k] == int8_top1[k] for k in fp32_top1) / len(fp32_top1)
+            same = sum(fp32_top1[k] == int8_top1[k] for k in fp32_top1)
+            figures["int8 top-1 agreement %"] = 100.0 * same / len(fp32_top1)
         results[f"batch {batch}"] = figures
         row = [batch, *figures.values(), figures["runner e2e"] / figures["ORT default"],
                figures["runner e2e"] / figures["torch eager fp32"], figures["runner e2e"] / figures["runner inference"],

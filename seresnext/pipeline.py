@@ -21,15 +21,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "train", "export", "preprocess", "info", "build", "run_bin", "run_jpg", "metric")
 
-# The sample recipe: low resolution so that 2 CPU cores train it in minutes. Real ImageNet runs upstream's.
-# The sample recipe (measured through this job on 2 cores: 94.0% val top-1 after 22 epochs, 586 s; the
+# The sample recipe, at low resolution so that 2 CPU cores train it in minutes (real ImageNet runs upstream's)
+# (measured through this job on 2 cores: 94.0% val top-1 after 22 epochs, 586 s; the
 # offline paths 93.5 and 91.0). From scratch, upstream's SGD learns this small set far too slowly (about 20%
 # after 9 epochs); AdamW, larger random crops and 64 px get there. 20 epochs were 90.5 / 91.0 but 89.0 on the
 # JPEG path. Validation every 5 epochs (and always after the last) saves time.
 SAMPLE_TRAIN = {"image_size": 64, "val_resize": 72, "epochs": 22, "batch_size": 32, "lr": 0.004,
                 "extra": ["--optimizer=adamw", "--wd=0.05", "--min-crop-scale=0.35", "--max-crop-aspect=1.67",
-                          "--warmup-epochs=1", "--seed=0",
-                          "--label-smoothing=0.1", "--channels-last", "--eval-freq=5"]}
+                          "--warmup-epochs=1", "--seed=0", "--label-smoothing=0.1", "--channels-last",
+                          "--eval-freq=5"]}
 REAL_TRAIN = {"image_size": 224, "val_resize": 256, "epochs": None, "batch_size": None, "lr": None, "extra": []}
 
 

@@ -169,12 +169,14 @@ def test_max_crop_aspect_sets_the_random_crop_ratio_range():
     assert main.get_args_parser().parse_args([]).max_crop_aspect == pytest.approx(4 / 3)
 
 
-@pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
-def test_min_crop_scale_out_of_range_is_refused(tmp_path, capsys, value):
+@pytest.mark.parametrize("flag, value, message", [
+    ("--min-crop-scale", "0", "must be in (0, 1]"), ("--min-crop-scale", "1.5", "must be in (0, 1]"),
+    ("--min-crop-scale", "-0.1", "must be in (0, 1]"), ("--max-crop-aspect", "0.5", "must be 1 or more"),
+])
+def test_crop_flags_out_of_range_are_refused(tmp_path, capsys, flag, value, message):
     root = make_image_folder(tmp_path / "d", classes=2, train=1, val=1)
-    assert run_main(["--data_path", root, "--device", "cpu", "--output-dir", tmp_path / "out",
-                     "--min-crop-scale", value]) != 0
-    assert f"--min-crop-scale {float(value)}: must be in (0, 1]" in capsys.readouterr().err
+    assert run_main(["--data_path", root, "--device", "cpu", "--output-dir", tmp_path / "out", flag, value]) != 0
+    assert f"{flag} {float(value)}: {message}" in capsys.readouterr().err
 
 
 def test_class_names_come_from_synset_words(tmp_path):
