@@ -12,6 +12,7 @@
 #          [--soc_version=Ascend310] [--aipp_config=./aipp_se_resnext50_32x4d_pth.config]
 #          [--output_dir=.] [--backend=auto|atc|onnxruntime] [--target=cpu|cuda] [--image_size=224]
 #          [--precision=fp32|int8 --calib_dir=./prep_bin [--calib_count=64]] [--optimization=extended|basic|all]
+#          [--regroup=true|false]  (fp32 on the CPU: merge small conv groups for ONNX Runtime's NCHWc kernels)
 # int8 (ONNX Runtime only) adds _int8 to the names: seresnext50_32x4d_int8_16.onnx, ..._aipp_int8_16.onnx.
 set -euo pipefail
 
@@ -26,10 +27,11 @@ precision=fp32
 calib_dir=""
 calib_count=64
 optimization=extended
+regroup=true
 input_name=image
 image_size=224
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
 for arg in "$@"; do
   case "$arg" in
@@ -44,6 +46,7 @@ for arg in "$@"; do
     --calib_dir=*) calib_dir=${arg#*=} ;;
     --calib_count=*) calib_count=${arg#*=} ;;
     --optimization=*) optimization=${arg#*=} ;;
+    --regroup=*) regroup=${arg#*=} ;;
     --input_name=*) input_name=${arg#*=} ;;
     --image_size=*) image_size=${arg#*=} ;;
     -h|--help) usage; exit 0 ;;
@@ -53,6 +56,9 @@ done
 
 here=$(cd "$(dirname "$0")" && pwd)
 [ -n "$aipp_config" ] || aipp_config="$here/aipp_se_resnext50_32x4d_pth.config"
+if [ "$regroup" != true ] && [ "$regroup" != false ]; then
+  echo "se_resnext50_32x4d_atc.sh: error: --regroup=$regroup: expected true or false" >&2; exit 2
+fi
 for value in "batch_size=$batch_size" "image_size=$image_size"; do
   if ! [[ "${value#*=}" =~ ^[1-9][0-9]*$ ]]; then
     echo "se_resnext50_32x4d_atc.sh: error: --$value: expected a positive integer" >&2; exit 2
@@ -102,6 +108,7 @@ if [ -z "$python" ]; then
 fi
 extra=(--precision="$precision" --target="$target" --optimization="$optimization")
 [ -z "$calib_dir" ] || extra+=(--calib_dir="$calib_dir" --calib_count="$calib_count")
+[ "$regroup" = true ] || extra+=(--no-regroup)
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 echo "se_resnext50_32x4d_atc.sh: atc not used; building ONNX Runtime models with $python -m seresnext.build"
 "$python" -m seresnext.aipp "$aipp_config"  # a bad config fails here, before any work

@@ -3,17 +3,23 @@
 For each batch size: the model is built as a user would (``se_resnext50_32x4d_atc.sh --batch_size=N``), then
   runner e2e        benchmark.py on the .info of preprocessed images, dump files included (its [e2e] line)
   runner inference  the same run's model calls alone (its "Interface throughputRate")
-  ORT default       a plain onnxruntime.InferenceSession with default options on the exported model
+  ORT default       a plain onnxruntime.InferenceSession with default options on the exported model, fed
+                    the same preprocessed images in the same batches (one pass over all of them)
   torch eager fp32  the PyTorch model, no_grad, same batch
+The runner and the plain session are timed alike, a whole pass over the same images, and alternately (runner,
+session, runner, session, ...) so that a slower or faster spell of a shared machine hits both; each figure is
+the median over ``--repeats`` passes.
 ``--int8`` adds the runner on the int8 build (``--precision=int8``, calibrated on the same .bin files).
 """
 from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from common import ROOT, machine_info, markdown_table, measure, write_report
@@ -53,6 +59,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,8,16,32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--int8", action="store_true", help="also the int8 build")
+    parser.add_argument("--compare-regroup", action="store_true",
+                        help="also the runner on a build without the grouped-convolution rewrite (--regroup=false)")
     parser.add_argument("--json", default="benchmarks/results/runner.json")
     args = parser.parse_args()
 
@@ -81,7 +89,11 @@ def main() -> None:
     largest = max(int(b) for b in args.batches.split(","))
     if len(lines) < largest:
         raise SystemExit(f"--images: {len(lines)} images, fewer than the largest batch {largest}")
-    info.write_text("\n".join(lines[:len(lines) - len(lines) % largest]) + "\n")
+    lines = lines[:len(lines) - len(lines) % largest]
+    info.write_text("\n".join(lines) + "\n")
+    # the same preprocessed images for the plain session, in the .info's order
+    pixels = np.stack([np.fromfile(line.split()[1], dtype=np.float32).reshape(3, args.size, args.size)
+                       for line in lines])
     model, _ = load_model(checkpoint)
     model.eval()
     # On a CUDA machine every candidate runs on the GPU: the runner picks ONNX Runtime's CUDA provider itself
@@ -96,14 +108,30 @@ def main() -> None:
     for batch in [int(b) for b in args.batches.split(",")]:
         sh(["bash", "se_resnext50_32x4d_atc.sh", f"--model={onnx_model}", f"--batch_size={batch}",
             f"--image_size={args.size}", f"--output_dir={work}", f"--aipp_config={args.aipp_config}"])
-        e2e, interface = runner_rates(work / f"seresnext50_32x4d_{batch}.onnx", batch, info, args.size,
-                                      work / f"result_{batch}")
-        feed = np.random.default_rng(0).standard_normal((batch, 3, args.size, args.size), dtype=np.float32)
+        feed = pixels[:batch]
         tensor = torch.from_numpy(feed).to(device)
 
-        def ort_default() -> int:
-            session.run(None, {"image": feed})
-            return batch
+        def ort_pass() -> float:
+            """images/s of the plain session over every image, in the runner's batches."""
+            started = time.perf_counter()
+            for first in range(0, len(pixels), batch):
+                session.run(None, {"image": pixels[first:first + batch]})
+            return len(pixels) / (time.perf_counter() - started)
+
+        if args.compare_regroup:
+            sh(["bash", "se_resnext50_32x4d_atc.sh", f"--model={onnx_model}", f"--batch_size={batch}",
+                f"--image_size={args.size}", f"--output_dir={work / 'plain'}", f"--aipp_config={args.aipp_config}",
+                "--regroup=false"])
+        session.run(None, {"image": feed})  # warm-up, as the runner's own
+        passes = []
+        for _ in range(args.repeats):
+            e2e, interface = runner_rates(work / f"seresnext50_32x4d_{batch}.onnx", batch, info, args.size,
+                                          work / f"result_{batch}")
+            passes.append({"runner e2e": e2e, "runner inference": interface, "ORT default": ort_pass()})
+            if args.compare_regroup:
+                passes[-1]["runner e2e, --regroup=false"], _ = runner_rates(
+                    work / "plain" / f"seresnext50_32x4d_{batch}.onnx", batch, info, args.size,
+                    work / f"result_plain_{batch}")
 
         def torch_eager() -> int:
             with torch.no_grad():
@@ -111,9 +139,8 @@ def main() -> None:
             if on_gpu:
                 torch.cuda.synchronize()
             return batch
-        figures = {"runner e2e": e2e, "runner inference": interface,
-                   "ORT default": measure(ort_default, repeats=args.repeats)["median"],
-                   "torch eager fp32": measure(torch_eager, repeats=args.repeats)["median"]}
+        figures = {key: statistics.median(p[key] for p in passes) for key in passes[0]}
+        figures["torch eager fp32"] = measure(torch_eager, repeats=args.repeats)["median"]
         if args.int8:
             sh(["bash", "se_resnext50_32x4d_atc.sh", f"--model={onnx_model}", f"--batch_size={batch}",
                 f"--image_size={args.size}", f"--output_dir={work}", f"--aipp_config={args.aipp_config}", "--precision=int8",
@@ -126,14 +153,16 @@ def main() -> None:
                 raise SystemExit(f"batch {batch}: the fp32 and int8 runs dumped different image sets")
             same = sum(fp32_top1[k] == int8_top1[k] for k in fp32_top1)
             figures["int8 top-1 agreement %"] = 100.0 * same / len(fp32_top1)
-        results[f"batch {batch}"] = figures
-        row = [batch, *figures.values(), figures["runner e2e"] / figures["ORT default"],
-               figures["runner e2e"] / figures["torch eager fp32"], figures["runner e2e"] / figures["runner inference"],
-               *([figures["runner int8 e2e"] / figures["runner e2e"]] if args.int8 else [])]
-        rows.append(row)
-    headers = ["batch", "runner e2e", "runner inference", "ORT default", "torch eager fp32",
-               *(["runner int8 e2e", "int8 top-1 agreement %"] if args.int8 else []), "e2e x ORT", "e2e x torch",
-               "e2e / inference", *(["int8 x fp32 e2e"] if args.int8 else [])]
+        results[f"batch {batch}"] = {**figures, "passes": passes}
+        ratios = {"e2e x ORT": figures["runner e2e"] / figures["ORT default"],
+                  "e2e x torch": figures["runner e2e"] / figures["torch eager fp32"],
+                  "e2e / inference": figures["runner e2e"] / figures["runner inference"]}
+        if args.compare_regroup:
+            ratios["regroup x no regroup"] = figures["runner e2e"] / figures["runner e2e, --regroup=false"]
+        if args.int8:
+            ratios["int8 x fp32 e2e"] = figures["runner int8 e2e"] / figures["runner e2e"]
+        rows.append([batch, *figures.values(), *ratios.values()])
+        headers = ["batch", *figures, *ratios]
     table = markdown_table(headers, rows) + (f"\n\n(images/s, {args.size}x{args.size}, fp32 unless named, "
                                              f"{'CUDA' if on_gpu else 'CPU'})")
     write_report(args.json, "Offline runner", machine_info(), results, table)

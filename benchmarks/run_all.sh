@@ -43,7 +43,7 @@ fi
     --json benchmarks/results/data.json
 "$PYTHON" benchmarks/bench_preprocess.py --images "$data/val_flat" --repeats "$repeats" \
     --json benchmarks/results/preprocess.json
-"$PYTHON" benchmarks/bench_runner.py --images "$data/val_flat" --batches "$batches" --repeats "$repeats" \
+"$PYTHON" benchmarks/bench_runner.py --images "$data/val_flat" --batches "$batches" --repeats "$repeats" --compare-regroup \
     ${RUNNER_ARGS:-} --json benchmarks/results/runner.json
 "$PYTHON" - <<'EOF'
 import json, sys
@@ -51,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, "benchmarks")
 from common import machine_header
 parts = []
-for name in ("train_224", "train_64", "data", "preprocess", "runner"):
+for name in ("train_224", "train_64", "data", "preprocess", "runner", "runner_regroup"):
     path = Path("benchmarks/results") / f"{name}.json"
     if path.exists():
         report = json.loads(path.read_text())

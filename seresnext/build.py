@@ -10,11 +10,16 @@ command line to whichever is installed. What it does, in order:
    Runtime's quantization tool);
 3. ``--insert_op_conf``: compiles the AIPP config into ONNX operators in front of the model
    (:mod:`seresnext.aipp`);
-4. runs ONNX Runtime's graph optimizations once and saves the result (offline mode), by default at the
+4. fp32 for the CPU: rewrites grouped convolutions with a few channels per group (layer2's 8) into groups
+   of the CPU's NCHWc block (16 with AVX-512, else 8) with zero weights between the old groups, so that
+   ONNX Runtime's blocked kernels take them instead of the slower plain ones and the layout changes around
+   them (:func:`regroup_convs`; exact but for float summation order; at most 2x the FLOPs of those
+   convolutions, since 4x cost more than the blocked kernels gain: measured in ``docs/offline_inference.md``);
+5. runs ONNX Runtime's graph optimizations once and saves the result (offline mode), by default at the
    extended level for the target execution provider: the runner then does not redo them at every start.
    Layout optimizations are specific to the CPU they were made on (ONNX Runtime's docs), so they are saved
    only with ``--optimization=all`` and otherwise run online;
-5. checks the built model against the source on a random batch (fp32: max abs diff; int8: top-1
+6. checks the built model against the source on a random batch (fp32: max abs diff; int8: top-1
    agreement) and writes ``<output>.onnx`` atomically, with what was done in its metadata.
 """
 from __future__ import annotations
@@ -34,7 +39,8 @@ import onnx
 from .aipp import AIPP_METADATA_KEY, insert_aipp, load_aipp_config
 from .formats import atomic_write, read_bin
 
-__all__ = ["BuildError", "BuildOptions", "build", "parse_input_shape", "BUILD_METADATA_KEY", "main"]
+__all__ = ["BuildError", "BuildOptions", "build", "parse_input_shape", "regroup_convs", "nchwc_block_size",
+           "BUILD_METADATA_KEY", "main"]
 
 BUILD_METADATA_KEY = "seresnext.build"
 TARGET_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -60,6 +66,7 @@ class BuildOptions:
     optimization: str = "extended"
     verify: bool = True
     soc_version: str | None = None
+    regroup: bool = True
 
 
 def parse_input_shape(text: str) -> tuple[str, list[int]]:
@@ -159,6 +166,51 @@ def _quantize_int8(model: onnx.ModelProto, options: BuildOptions, name: str, sha
     return onnx.load(int8_path)
 
 
+def nchwc_block_size() -> int:
+    """Channels per block of ONNX Runtime's NCHWc CPU kernels (MLAS): 16 with AVX-512, else 8."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 8
+    return 16 if " avx512f" in flags else 8
+
+
+def regroup_convs(model: onnx.ModelProto, block: int, max_factor: int = 2) -> int:
+    """Merge the groups of grouped convolutions that have fewer than ``block`` channels per group, so that
+    each new group has ``block`` input and output channels; returns how many convolutions were rewritten.
+
+    ONNX Runtime blocks a grouped convolution into its NCHWc layout only when the input and output channels
+    per group are multiples of ``block``; otherwise it runs a plain kernel and reorders its input and output.
+    Merging ``k`` groups into one with a block-diagonal weight (zeros off the diagonal blocks) gives the same
+    result and costs ``k`` times that convolution's FLOPs; rewritten only where ``k <= max_factor``.
+    """
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    rewritten = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        group = next((a for a in node.attribute if a.name == "group"), None)
+        if group is None or group.i <= 1:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        out_channels, per_group = weight.shape[:2]
+        if out_channels % group.i or out_channels // group.i != per_group or per_group % block == 0:
+            continue
+        if block % per_group or block // per_group > max_factor or group.i % (block // per_group):
+            continue
+        factor = block // per_group
+        merged = np.zeros((out_channels, block, *weight.shape[2:]), dtype=weight.dtype)
+        for out in range(out_channels):
+            slot = (out // per_group) % factor
+            merged[out, slot * per_group:(slot + 1) * per_group] = weight[out]
+        initializers[node.input[1]].CopyFrom(numpy_helper.from_array(merged, node.input[1]))
+        group.i //= factor
+        rewritten += 1
+    return rewritten
+
+
 def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -218,6 +270,9 @@ def build(options: BuildOptions, log=print) -> dict:
         if options.precision == "int8":
             log(f"build: int8 static quantization, calibrating on {options.calib_dir}")
             model = _quantize_int8(model, options, name, shape, workdir)
+        regrouped = 0
+        if options.regroup and options.precision == "fp32" and options.target == "cpu":
+            regrouped = regroup_convs(model, nchwc_block_size())
         if config is not None:
             model = insert_aipp(model, config, source)
         model = _optimize(model, options, workdir)
@@ -227,6 +282,7 @@ def build(options: BuildOptions, log=print) -> dict:
         "precision": options.precision, "target": options.target, "optimization": options.optimization,
         "aipp_config": Path(options.insert_op_conf).name if config else None,
         "soc_version": options.soc_version, "onnxruntime": __import__("onnxruntime").__version__,
+        "regrouped_convs": regrouped,
     }
     for entry in list(model.metadata_props):
         if entry.key in (BUILD_METADATA_KEY, AIPP_METADATA_KEY):
@@ -243,7 +299,8 @@ def build(options: BuildOptions, log=print) -> dict:
     atomic_write(out_path, data)
     log(f"build: wrote {out_path} ({len(data) / 1e6:.1f} MB, {options.precision}, input "
         f"{model.graph.input[0].name}{_dims(model.graph.input[0])}, ONNX Runtime {options.optimization} "
-        f"optimizations saved, {time.perf_counter() - started:.1f} s)")
+        f"optimizations saved{f', {regrouped} grouped conv(s) regrouped' if regrouped else ''}, "
+        f"{time.perf_counter() - started:.1f} s)")
     return metadata
 
 
@@ -305,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "layout changes, only for CPUs like this one)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip the check against the source model")
+    parser.add_argument("--no-regroup", dest="regroup", action="store_false",
+                        help="keep grouped convolutions as they are (default for fp32 on the CPU: merge groups "
+                             "of few channels into NCHWc-sized ones, see regroup_convs)")
     return parser
 
 
@@ -319,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build(BuildOptions(model=args.model, output=args.output, input_shape=args.input_shape,
                        insert_op_conf=args.insert_op_conf, precision=args.precision, calib_dir=args.calib_dir,
                        calib_count=args.calib_count, target=args.target, optimization=args.optimization,
-                       verify=args.verify, soc_version=args.soc_version))
+                       verify=args.verify, soc_version=args.soc_version, regroup=args.regroup))
     return 0
 
 

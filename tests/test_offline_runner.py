@@ -95,6 +95,54 @@ def test_build_fixes_the_batch_saves_optimizations_and_records_them(work):
     assert aipp.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
 
 
+def _grouped_convs(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """name -> (groups, input channels per group) of every grouped Conv."""
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "Conv" and group > 1:
+            found[node.name] = (group, weights[node.input[1]][1])
+    return found
+
+
+def test_regroup_merges_small_groups_exactly_and_only_up_to_twice_the_flops(work):
+    source = onnx.load(work / "tiny.onnx")
+    before = _grouped_convs(source)
+    assert sorted(set(before.values())) == [(32, 4), (32, 8), (32, 16), (32, 32)]  # layer1 .. layer4
+    model = onnx.ModelProto()
+    model.CopyFrom(source)
+    assert build.regroup_convs(model, 16) == 4  # layer2 (8 per group -> 16); layer1 would cost 4x, left as is
+    after = _grouped_convs(model)
+    changed = {name for name in before if after[name] != before[name]}
+    assert {after[name] for name in changed} == {(16, 16)}
+    assert {before[name] for name in changed} == {(32, 8)}
+    feed = np.random.default_rng(3).standard_normal((2, 3, SIZE, SIZE), dtype=np.float32)
+    cpu = ["CPUExecutionProvider"]
+    expected = ort.InferenceSession(source.SerializeToString(), providers=cpu).run(None, {"image": feed})[0]
+    actual = ort.InferenceSession(model.SerializeToString(), providers=cpu).run(None, {"image": feed})[0]
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    # an 8-channel block (AVX2) merges layer1's groups instead; a larger factor is a choice of the caller
+    again = onnx.ModelProto()
+    again.CopyFrom(source)
+    assert build.regroup_convs(again, 8) == 3
+    assert build.regroup_convs(again, 16, max_factor=4) == 7
+
+
+def test_build_regroups_for_the_cpu_unless_told_not_to(work, tmp_path):
+    meta = json.loads({p.key: p.value for p in onnx.load(work / "tiny_4.onnx").metadata_props}["seresnext.build"])
+    assert meta["regrouped_convs"] == (4 if build.nchwc_block_size() == 16 else 3)
+    build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'plain_4'}", "--input_shape=image:4,3,64,64",
+                "--no-regroup"])
+    plain = onnx.load(tmp_path / "plain_4.onnx")
+    assert json.loads({p.key: p.value for p in plain.metadata_props}["seresnext.build"])["regrouped_convs"] == 0
+    env = dict(os.environ, PATH="/usr/bin:/bin", PYTHON=str(Path(os.sys.executable)))
+    result = subprocess.run(["bash", str(ROOT / "se_resnext50_32x4d_atc.sh"), f"--model={work / 'tiny.onnx'}",
+                             "--regroup=yes"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "--regroup=yes: expected true or false" in result.stderr
+
+
 def test_aipp_model_equals_reference_preprocessing_then_model(work):
     config = load_aipp_config(work / "aipp_small.config")
     source = np.random.default_rng(1).integers(0, 256, size=config.input_shape(4), dtype=np.uint8)
