@@ -12,7 +12,7 @@
 #          [--soc_version=Ascend310] [--aipp_config=./aipp_se_resnext50_32x4d_pth.config]
 #          [--output_dir=.] [--backend=auto|atc|onnxruntime] [--target=cpu|cuda] [--image_size=224]
 #          [--precision=fp32|int8 --calib_dir=./prep_bin [--calib_count=64]] [--optimization=extended|basic|all]
-#          [--regroup=true|false]  (fp32 on the CPU: merge small conv groups for ONNX Runtime's NCHWc kernels)
+#          [--regroup=false|true]  (fp32 on the CPU: merge small conv groups for ONNX Runtime's NCHWc kernels)
 # int8 (ONNX Runtime only) adds _int8 to the names: seresnext50_32x4d_int8_16.onnx, ..._aipp_int8_16.onnx.
 set -euo pipefail
 
@@ -27,7 +27,7 @@ precision=fp32
 calib_dir=""
 calib_count=64
 optimization=extended
-regroup=true
+regroup=false
 input_name=image
 image_size=224
 
@@ -108,7 +108,7 @@ if [ -z "$python" ]; then
 fi
 extra=(--precision="$precision" --target="$target" --optimization="$optimization")
 [ -z "$calib_dir" ] || extra+=(--calib_dir="$calib_dir" --calib_count="$calib_count")
-[ "$regroup" = true ] || extra+=(--no-regroup)
+[ "$regroup" = false ] || extra+=(--regroup)
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 echo "se_resnext50_32x4d_atc.sh: atc not used; building ONNX Runtime models with $python -m seresnext.build"
 "$python" -m seresnext.aipp "$aipp_config"  # a bad config fails here, before any work

@@ -10,11 +10,12 @@ command line to whichever is installed. What it does, in order:
    Runtime's quantization tool);
 3. ``--insert_op_conf``: compiles the AIPP config into ONNX operators in front of the model
    (:mod:`seresnext.aipp`);
-4. fp32 for the CPU: rewrites grouped convolutions with a few channels per group (layer2's 8) into groups
-   of the CPU's NCHWc block (16 with AVX-512, else 8) with zero weights between the old groups, so that
-   ONNX Runtime's blocked kernels take them instead of the slower plain ones and the layout changes around
-   them (:func:`regroup_convs`; exact but for float summation order; at most 2x the FLOPs of those
-   convolutions, since 4x cost more than the blocked kernels gain: measured in ``docs/offline_inference.md``);
+4. ``--regroup`` (opt-in, fp32 for the CPU): rewrites grouped convolutions with a few channels per group
+   (layer2's 8) into groups of the CPU's NCHWc block (16 with AVX-512, else 8) with zero weights between the
+   old groups, so that ONNX Runtime's blocked kernels take them instead of the plain ones and the layout
+   reorders around them (:func:`regroup_convs`; exact but for float summation order; at most 2x the FLOPs
+   of those convolutions). Measured here it saves 2-5% of the kernel time, within this machine's noise end
+   to end, so it is not the default (``docs/offline_inference.md``);
 5. runs ONNX Runtime's graph optimizations once and saves the result (offline mode), by default at the
    extended level for the target execution provider: the runner then does not redo them at every start.
    Layout optimizations are specific to the CPU they were made on (ONNX Runtime's docs), so they are saved
@@ -66,7 +67,7 @@ class BuildOptions:
     optimization: str = "extended"
     verify: bool = True
     soc_version: str | None = None
-    regroup: bool = True
+    regroup: bool = False
 
 
 def parse_input_shape(text: str) -> tuple[str, list[int]]:
@@ -254,6 +255,9 @@ def build(options: BuildOptions, log=print) -> dict:
         raise BuildError(f"--target={options.target}: expected {' or '.join(TARGET_PROVIDERS)}")
     if options.optimization not in OPTIMIZATION_LEVELS:
         raise BuildError(f"--optimization={options.optimization}: expected {', '.join(OPTIMIZATION_LEVELS)}")
+    if options.regroup and (options.precision != "fp32" or options.target != "cpu"):
+        raise BuildError(f"--regroup: only for fp32 on the CPU (got --precision={options.precision} "
+                         f"--target={options.target})")
     try:
         model = onnx.load(source)
     except Exception as exc:  # onnx raises DecodeError and friends
@@ -271,7 +275,7 @@ def build(options: BuildOptions, log=print) -> dict:
             log(f"build: int8 static quantization, calibrating on {options.calib_dir}")
             model = _quantize_int8(model, options, name, shape, workdir)
         regrouped = 0
-        if options.regroup and options.precision == "fp32" and options.target == "cpu":
+        if options.regroup:
             regrouped = regroup_convs(model, nchwc_block_size())
         if config is not None:
             model = insert_aipp(model, config, source)
@@ -362,9 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "layout changes, only for CPUs like this one)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip the check against the source model")
-    parser.add_argument("--no-regroup", dest="regroup", action="store_false",
-                        help="keep grouped convolutions as they are (default for fp32 on the CPU: merge groups "
-                             "of few channels into NCHWc-sized ones, see regroup_convs)")
+    parser.add_argument("--regroup", action="store_true",
+                        help="fp32 on the CPU: merge grouped convolutions' small groups into NCHWc-sized ones "
+                             "(see regroup_convs; off by default)")
     return parser
 
 

@@ -129,13 +129,18 @@ def test_regroup_merges_small_groups_exactly_and_only_up_to_twice_the_flops(work
     assert build.regroup_convs(again, 16, max_factor=4) == 7
 
 
-def test_build_regroups_for_the_cpu_unless_told_not_to(work, tmp_path):
+def test_build_regroups_only_when_asked_and_only_fp32_on_the_cpu(work, tmp_path):
     meta = json.loads({p.key: p.value for p in onnx.load(work / "tiny_4.onnx").metadata_props}["seresnext.build"])
+    assert meta["regrouped_convs"] == 0
+    build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'regrouped_4'}",
+                "--input_shape=image:4,3,64,64", "--regroup"])  # the build's own check compares it with the source
+    regrouped = onnx.load(tmp_path / "regrouped_4.onnx")
+    meta = json.loads({p.key: p.value for p in regrouped.metadata_props}["seresnext.build"])
     assert meta["regrouped_convs"] == (4 if build.nchwc_block_size() == 16 else 3)
-    build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'plain_4'}", "--input_shape=image:4,3,64,64",
-                "--no-regroup"])
-    plain = onnx.load(tmp_path / "plain_4.onnx")
-    assert json.loads({p.key: p.value for p in plain.metadata_props}["seresnext.build"])["regrouped_convs"] == 0
+    with pytest.raises(build.BuildError, match=r"--regroup: only for fp32 on the CPU \(got --precision=int8"):
+        build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'x'}", "--input_shape=image:4,3,64,64",
+                    "--regroup", "--precision=int8", f"--calib_dir={tmp_path}"])
+    assert not (tmp_path / "x.onnx").exists()
     env = dict(os.environ, PATH="/usr/bin:/bin", PYTHON=str(Path(os.sys.executable)))
     result = subprocess.run(["bash", str(ROOT / "se_resnext50_32x4d_atc.sh"), f"--model={work / 'tiny.onnx'}",
                              "--regroup=yes"], capture_output=True, text=True, env=env, timeout=60)
