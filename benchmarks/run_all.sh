@@ -39,6 +39,8 @@ fi
     --workdir "$WORK/train224" --json benchmarks/results/train_224.json
 "$PYTHON" benchmarks/bench_train.py --size 64 --batch 32 --steps $((steps * 3)) --repeats "$repeats" \
     --workdir "$WORK/train64" --json benchmarks/results/train_64.json
+# where the 224 px step's time goes (the gap to the matmul peak)
+"$PYTHON" benchmarks/profile_train.py --size 224 --batch 32 --json benchmarks/results/profile_train.json
 "$PYTHON" benchmarks/bench_data.py --data "$data" --repeats "$repeats" --workdir "$WORK/data" \
     --json benchmarks/results/data.json
 "$PYTHON" benchmarks/bench_preprocess.py --images "$data/val_flat" --repeats "$repeats" \
@@ -51,7 +53,8 @@ from pathlib import Path
 sys.path.insert(0, "benchmarks")
 from common import machine_header
 parts = []
-for name in ("train_224", "train_64", "data", "preprocess", "runner", "runner_regroup"):
+for name in ("train_224", "train_64", "profile_train", "data", "preprocess", "runner", "runner_regroup",
+             "profile_ort"):
     path = Path("benchmarks/results") / f"{name}.json"
     if path.exists():
         report = json.loads(path.read_text())

@@ -1,0 +1,99 @@
+"""Where a training step's time goes: PyTorch profiler self time per operator group, for main.py's CPU
+settings (bfloat16 autocast, channels_last, eager) or plain fp32, on synthetic data.
+
+It explains the gap between the training step and the matmul peak that bench_train.py reports: the groups
+are the convolutions (forward, backward), batch norm, the element-wise ops (ReLU, the SE block's sigmoid
+and scaling, the residual adds, dtype casts and copies) and the optimizer.
+
+    python benchmarks/profile_train.py --size 224 --batch 32
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+
+from common import machine_info, markdown_table, write_report
+
+GROUPS = (  # first match wins; matched against the aten op name
+    ("convolution backward", ("convolution_backward",)),
+    ("convolution forward", ("mkldnn_convolution", "convolution", "_convolution", "conv2d")),
+    ("batch norm", ("native_batch_norm", "batch_norm", "_batch_norm_impl_index", "native_batch_norm_backward")),
+    ("optimizer", ("_fused_adamw", "_fused_sgd", "adam", "sgd", "_foreach")),
+    ("matmul (SE block, classifier)", ("addmm", "mm", "linear", "matmul")),
+    ("element-wise and copies", ("relu", "threshold", "sigmoid", "mul", "add", "div", "sub", "copy_", "_to_copy",
+                                 "clamp", "fill_", "zero_", "where", "sum", "mean", "max_pool", "avg_pool",
+                                 "adaptive_avg_pool", "cat", "stack")),
+)
+
+
+def group_of(name: str) -> str:
+    op = name.split("::", 1)[-1]
+    for group, keys in GROUPS:
+        if any(op == key or op.startswith(key) for key in keys):
+            return group
+    return "other"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=2, help="profiled steps (after 2 warm-up steps)")
+    parser.add_argument("--fp32", action="store_true", help="plain fp32 NCHW instead of main.py's settings")
+    parser.add_argument("--json", default="benchmarks/results/profile_train.json")
+    args = parser.parse_args()
+
+    import torch
+    from torch.profiler import profile
+
+    from seresnext.model import se_resnext50_32x4d
+
+    torch.manual_seed(0)
+    model = se_resnext50_32x4d(num_classes=1000)
+    memory_format = torch.contiguous_format if args.fp32 else torch.channels_last
+    model.to(memory_format=memory_format).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
+    criterion = torch.nn.CrossEntropyLoss()
+    images = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=memory_format)
+    target = torch.randint(0, 1000, (args.batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
+            loss = criterion(model(images), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    with profile() as prof:
+        for _ in range(args.steps):
+            step()
+    times: collections.Counter = collections.Counter()
+    ops: collections.Counter = collections.Counter()
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            times[group_of(event.key)] += event.self_cpu_time_total / 1000.0 / args.steps
+            ops[event.key] += event.self_cpu_time_total / 1000.0 / args.steps
+    print("largest ops:", ", ".join(f"{k} {v:.0f} ms" for k, v in ops.most_common(12)))
+    total = sum(times.values())
+    rows = [[group, ms, 100.0 * ms / total] for group, ms in times.most_common()]
+    rows.append(["total (aten ops, self time)", total, 100.0])
+    # nearly all of the model's 8.47 GFLOP per 224x224 image are convolutions; backward does twice forward
+    forward_gflop = 8.47 * (args.size / 224) ** 2 * args.batch
+    rates = {"convolution forward GFLOP/s": forward_gflop / (times["convolution forward"] / 1000.0),
+             "convolution backward GFLOP/s": 2 * forward_gflop / (times["convolution backward"] / 1000.0),
+             "whole step GFLOP/s": 3 * forward_gflop / (total / 1000.0)}
+    setting = "fp32, NCHW" if args.fp32 else "bfloat16 autocast, channels_last"
+    table = (markdown_table(["op group", "ms per step", "% of step"], rows)
+             + f"\n\n(training step, batch {args.batch}, {args.size}x{args.size}, {setting}, eager, CPU; "
+             f"PyTorch profiler self time, mean of {args.steps} steps)\n\n"
+             + "; ".join(f"{name}: {value:.0f}" for name, value in rates.items())
+             + " (counting 8.47 GFLOP per 224x224 image forward, twice that backward)")
+    write_report(args.json, "Training step by op group", machine_info(),
+                 {"settings": vars(args), "ms_per_step": dict(times), "ms_per_step_by_op": dict(ops),
+                  "rates": rates}, table)
+
+
+if __name__ == "__main__":
+    main()
