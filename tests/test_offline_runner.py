@@ -380,3 +380,20 @@ def test_chain_bin_and_aipp_paths_agree_on_top1(work, tmp_path, monkeypatch):
     assert len(top1["bin"]) == len(top1["jpg"]) == 60
     agreement = np.mean([top1["bin"][name] == top1["jpg"][name] for name in top1["bin"]])
     assert agreement >= 0.95, agreement
+
+
+def test_profile_ort_reports_kernel_time_per_operator_for_each_build(work, tmp_path):
+    out = tmp_path / "profile.json"
+    result = subprocess.run([os.sys.executable, str(ROOT / "benchmarks" / "profile_ort.py"), str(work / "tiny_4.onnx"),
+                             str(work / "tiny_aipp_4.onnx"), "--runs", "1", "--rounds", "2", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())["results"]["models"]
+    for model in ("tiny_4.onnx", "tiny_aipp_4.onnx"):
+        ops = figures[str(work / model)]
+        assert ops["total"] == pytest.approx(sum(v for k, v in ops.items() if k != "total"))
+        assert ops["Conv"] > 0 and ops["total"] > ops["Conv"]
+    assert "| total |" in result.stdout
+    result = subprocess.run([os.sys.executable, str(ROOT / "benchmarks" / "profile_ort.py"), str(work / "tiny.onnx"),
+                             "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode != 0 and "is not static; profile a build" in result.stderr
