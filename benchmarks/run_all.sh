@@ -53,8 +53,7 @@ from pathlib import Path
 sys.path.insert(0, "benchmarks")
 from common import machine_header
 parts = []
-for name in ("train_224", "train_64", "profile_train", "data", "preprocess", "runner", "runner_regroup",
-             "profile_ort"):
+for name in ("train_224", "train_64", "profile_train", "data", "preprocess", "runner"):
     path = Path("benchmarks/results") / f"{name}.json"
     if path.exists():
         report = json.loads(path.read_text())

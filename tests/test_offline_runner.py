@@ -143,6 +143,14 @@ def test_build_regroups_only_when_asked_and_only_fp32_on_the_cpu(work, tmp_path)
     assert not (tmp_path / "x.onnx").exists()
     env = dict(os.environ, PATH="/usr/bin:/bin", PYTHON=str(Path(os.sys.executable)))
     result = subprocess.run(["bash", str(ROOT / "se_resnext50_32x4d_atc.sh"), f"--model={work / 'tiny.onnx'}",
+                             "--batch_size=2", f"--image_size={SIZE}", f"--aipp_config={work / 'aipp_small.config'}",
+                             f"--output_dir={tmp_path}", "--regroup=true"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in ("seresnext50_32x4d_2.onnx", "seresnext50_32x4d_aipp_2.onnx"):
+        built = onnx.load(tmp_path / name)
+        assert json.loads({p.key: p.value for p in built.metadata_props}["seresnext.build"])["regrouped_convs"] > 0
+    result = subprocess.run(["bash", str(ROOT / "se_resnext50_32x4d_atc.sh"), f"--model={work / 'tiny.onnx'}",
                              "--regroup=yes"], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2
     assert "--regroup=yes: expected true or false" in result.stderr
