@@ -19,7 +19,7 @@ GROUPS = (  # first match wins; matched against the aten op name
     ("convolution forward", ("mkldnn_convolution", "convolution", "_convolution", "conv2d")),
     ("batch norm", ("native_batch_norm", "batch_norm", "_batch_norm_impl_index", "native_batch_norm_backward")),
     ("optimizer", ("_fused_adamw", "_fused_sgd", "adam", "sgd", "_foreach")),
-    ("matmul (SE block, classifier)", ("addmm", "mm", "linear", "matmul")),
+    ("matmul (1x1 convolutions on small maps, classifier)", ("addmm", "mm", "linear", "matmul")),
     ("element-wise and copies", ("relu", "threshold", "sigmoid", "mul", "add", "div", "sub", "copy_", "_to_copy",
                                  "clamp", "fill_", "zero_", "where", "sum", "mean", "max_pool", "avg_pool",
                                  "adaptive_avg_pool", "cat", "stack")),
@@ -34,6 +34,29 @@ def group_of(name: str) -> str:
     return "other"
 
 
+def layer_flops(model, images, pointwise_type) -> dict:
+    """Forward GFLOP of one step, split by how each layer runs: as a convolution, or as a matmul (the 1x1
+    convolutions that ``PointwiseConv2d`` turns into one on small maps, and the classifier)."""
+    import torch
+    flops = {"convolution": 0.0, "matmul": 0.0}
+
+    def count(module, inputs, output) -> None:
+        if isinstance(module, torch.nn.Linear):
+            flops["matmul"] += 2e-9 * output.numel() * module.in_features
+            return
+        per_output = 2e-9 * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+        as_matmul = isinstance(module, pointwise_type) and module.takes_matmul(inputs[0])
+        flops["matmul" if as_matmul else "convolution"] += per_output * output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    return flops
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
@@ -46,7 +69,7 @@ def main() -> None:
     import torch
     from torch.profiler import profile
 
-    from seresnext.model import se_resnext50_32x4d
+    from seresnext.model import PointwiseConv2d, se_resnext50_32x4d
 
     torch.manual_seed(0)
     model = se_resnext50_32x4d(num_classes=1000)
@@ -64,6 +87,7 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
+    flops = layer_flops(model, images, PointwiseConv2d)
     for _ in range(2):
         step()
     with profile() as prof:
@@ -79,20 +103,23 @@ def main() -> None:
     total = sum(times.values())
     rows = [[group, ms, 100.0 * ms / total] for group, ms in times.most_common()]
     rows.append(["total (aten ops, self time)", total, 100.0])
-    # nearly all of the model's 8.47 GFLOP per 224x224 image are convolutions; backward does twice forward
-    forward_gflop = 8.47 * (args.size / 224) ** 2 * args.batch
-    rates = {"convolution forward GFLOP/s": forward_gflop / (times["convolution forward"] / 1000.0),
-             "convolution backward GFLOP/s": 2 * forward_gflop / (times["convolution backward"] / 1000.0),
-             "whole step GFLOP/s": 3 * forward_gflop / (total / 1000.0)}
+    # forward FLOPs of the layers that ran as convolutions and of those that ran as matmuls (backward: twice)
+    rates = {"convolution forward GFLOP/s": flops["convolution"] / (times["convolution forward"] / 1000.0),
+             "convolution backward GFLOP/s": 2 * flops["convolution"] / (times["convolution backward"] / 1000.0),
+             "whole step GFLOP/s": 3 * sum(flops.values()) / (total / 1000.0)}
+    if flops["matmul"]:
+        key = "matmul (1x1 convolutions on small maps, classifier)"
+        rates["matmul forward+backward GFLOP/s"] = 3 * flops["matmul"] / (times[key] / 1000.0)
     setting = "fp32, NCHW" if args.fp32 else "bfloat16 autocast, channels_last"
     table = (markdown_table(["op group", "ms per step", "% of step"], rows)
              + f"\n\n(training step, batch {args.batch}, {args.size}x{args.size}, {setting}, eager, CPU; "
              f"PyTorch profiler self time, mean of {args.steps} steps)\n\n"
              + "; ".join(f"{name}: {value:.0f}" for name, value in rates.items())
-             + " (counting 8.47 GFLOP per 224x224 image forward, twice that backward)")
+             + f" (forward GFLOP per step, counted per layer: {flops['convolution']:.1f} as convolutions, "
+             f"{flops['matmul']:.1f} as matmuls; backward twice that)")
     write_report(args.json, "Training step by op group", machine_info(),
                  {"settings": vars(args), "ms_per_step": dict(times), "ms_per_step_by_op": dict(ops),
-                  "rates": rates}, table)
+                  "forward_gflop_per_step": flops, "rates": rates}, table)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ fi
     --workdir "$WORK/train64" --json benchmarks/results/train_64.json
 # where the 224 px step's time goes (the gap to the matmul peak)
 "$PYTHON" benchmarks/profile_train.py --size 224 --batch 32 --json benchmarks/results/profile_train.json
+# the 1x1 convolutions on small maps as oneDNN convolutions or as matmuls (PointwiseConv2d)
+"$PYTHON" benchmarks/bench_pointwise.py --sizes 64,224 --batch 32 --repeats $((repeats + 1)) \
+    --json benchmarks/results/pointwise.json
 "$PYTHON" benchmarks/bench_data.py --data "$data" --repeats "$repeats" --workdir "$WORK/data" \
     --json benchmarks/results/data.json
 "$PYTHON" benchmarks/bench_preprocess.py --images "$data/val_flat" --repeats "$repeats" \
@@ -53,7 +56,7 @@ from pathlib import Path
 sys.path.insert(0, "benchmarks")
 from common import machine_header
 parts = []
-for name in ("train_224", "train_64", "profile_train", "data", "preprocess", "runner"):
+for name in ("train_224", "train_64", "profile_train", "pointwise", "data", "preprocess", "runner"):
     path = Path("benchmarks/results") / f"{name}.json"
     if path.exists():
         report = json.loads(path.read_text())

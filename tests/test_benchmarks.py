@@ -21,3 +21,20 @@ def test_profile_train_splits_a_step_into_op_groups(tmp_path):
     assert sum(report["ms_per_step_by_op"].values()) == pytest.approx(sum(groups.values()))
     assert report["rates"]["convolution backward GFLOP/s"] > 0
     assert "bfloat16 autocast, channels_last" in result.stdout
+
+
+def test_bench_pointwise_times_both_paths_and_counts_the_matmul_layers(tmp_path):
+    out = tmp_path / "pointwise.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_pointwise.py"), "--sizes", "32,128",
+                             "--batch", "2", "--steps", "1", "--repeats", "1", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())["results"]["results"]
+    assert set(results) == {"training step 32", "inference 32", "training step 128", "inference 128"}
+    # 32x32 (maps 8x8 to 1x1): layer1's 7 1x1 convolutions, layer2's 9, layer3's 13, and layer4's two with 2x2
+    # inputs (its other maps and the SE gates are 1x1). 128x128: layer3's 11 with 8x8 inputs, all 7 of layer4.
+    assert results["training step 32"]["matmul_layers"] == 7 + 9 + 13 + 2
+    assert results["training step 128"]["matmul_layers"] == 11 + 7
+    for entry in results.values():
+        assert entry["conv img/s"][0] > 0 and entry["matmul img/s"][0] > 0
+    assert "matmul / convolution" in result.stdout

@@ -1,11 +1,13 @@
 """The model against Cadene's pretrainedmodels and timm's legacy_seresnext50_32x4d."""
 import pickle
+import warnings
 
 import pytest
 import torch
 
 from senet import se_resnext50_32x4d
 from seresnext.checkpoint import CheckpointError, load_model_weights, save_checkpoint
+from seresnext.model import PointwiseConv2d
 
 torch.set_num_threads(2)
 
@@ -157,3 +159,56 @@ def test_fresh_model_starts_near_chance_loss():
     images = torch.randn(16, 3, 64, 64)
     loss = torch.nn.functional.cross_entropy(model(images), torch.randint(0, 10, (16,)))
     assert abs(loss.item() - torch.log(torch.tensor(10.0)).item()) < 0.5
+
+
+@pytest.mark.parametrize("stride,bias", [(1, False), (2, False), (1, True)])
+def test_pointwise_matmul_path_computes_the_convolution(stride, bias):
+    torch.manual_seed(0)
+    pointwise = PointwiseConv2d(48, 80, stride=stride, bias=bias)
+    reference = torch.nn.Conv2d(48, 80, kernel_size=1, stride=stride, bias=bias)
+    reference.load_state_dict(pointwise.state_dict(), strict=True)
+    x = torch.randn(3, 48, 7, 5).contiguous(memory_format=torch.channels_last)  # odd sizes meet stride 2
+    assert pointwise.takes_matmul(x)
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, expected = pointwise(x_ours), reference(x_ref)
+    assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(expected)
+    got.backward(upstream)
+    expected.backward(upstream)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pointwise.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
+    if bias:
+        torch.testing.assert_close(pointwise.bias.grad, reference.bias.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_pointwise_keeps_the_convolution_for_large_maps_other_layouts_and_tracing():
+    pointwise = PointwiseConv2d(16, 32)
+    channels_last = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert pointwise.takes_matmul(channels_last)
+    assert not pointwise.takes_matmul(torch.randn(2, 16, 8, 8))  # NCHW: a matmul would need a copy
+    assert not pointwise.takes_matmul(torch.randn(2, 16, 9, 8).contiguous(memory_format=torch.channels_last))
+    assert not pointwise.takes_matmul(torch.randn(2, 16, 1, 1))  # an SE gate: either layout, kept exact
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # the check itself must not confuse the tracer
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation notice
+        traced = torch.jit.trace(pointwise, channels_last)
+    assert "aten::_convolution" in str(traced.graph) and "aten::linear" not in str(traced.graph)
+
+
+def test_channels_last_training_step_matches_nchw():
+    """At 64x64 the last three stages' 1x1 convolutions take the matmul path; the step must not change."""
+    torch.manual_seed(0)
+    model = se_resnext50_32x4d(num_classes=10).train()
+    images, target = torch.randn(4, 3, 64, 64), torch.randint(0, 10, (4,))
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        model.zero_grad()
+        model.to(memory_format=memory_format)
+        loss = torch.nn.functional.cross_entropy(model(images.contiguous(memory_format=memory_format)), target)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_nchw, grads_nchw), (loss_cl, grads_cl) = results
+    torch.testing.assert_close(loss_cl, loss_nchw, atol=1e-5, rtol=1e-5)
+    for name, grad in grads_nchw.items():
+        torch.testing.assert_close(grads_cl[name], grad, atol=1e-4, rtol=1e-3, msg=lambda m: f"{name}: {m}")

@@ -1,4 +1,5 @@
 """seresnext50_pth2onnx.py / pthtar2onnx.py: opset 11, upstream names, ONNX Runtime == torch, no network."""
+import collections
 import runpy
 import socket
 import sys
@@ -40,6 +41,8 @@ def test_cadene_weights_export_opset11_dynamic_batch_matching_torch(tmp_path):
     assert {o.domain: o.version for o in proto.opset_import}[""] == 11
     assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["class"]
     assert _dims(proto.graph.input[0]) == ["-1", 3, 224, 224]
+    ops = collections.Counter(node.op_type for node in proto.graph.node)
+    assert ops["Conv"] == 85 and ops["Gemm"] == 1 and "MatMul" not in ops  # every convolution stays a Conv
     batch = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(batch).numpy()

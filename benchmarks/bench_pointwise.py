@@ -1,0 +1,107 @@
+"""The model's 1x1 convolutions as oneDNN convolutions or as matmuls (``PointwiseConv2d``), side by side.
+
+On a CPU, ``PointwiseConv2d`` runs a 1x1 convolution on a small channels-last feature map (at most
+``max_matmul_pixels`` pixels) as one matrix multiply. This measures what that buys: the training step
+(main.py's CPU settings: bfloat16 autocast, channels_last, fused AdamW) and eval-mode inference, with the
+matmul path on and off on the same model, alternating, for each image size. Both settings compute the same
+function (tests check it).
+
+    python benchmarks/bench_pointwise.py --sizes 64,224 --batch 32
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from common import machine_info, markdown_table, write_report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="64,224", help="comma-separated image sizes")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per repeat")
+    parser.add_argument("--repeats", type=int, default=4, help="alternating on/off repeats (median reported)")
+    parser.add_argument("--fp32", action="store_true", help="no bfloat16 autocast")
+    parser.add_argument("--json", default="benchmarks/results/pointwise.json")
+    args = parser.parse_args()
+
+    import torch
+
+    from seresnext.model import PointwiseConv2d, se_resnext50_32x4d
+
+    torch.manual_seed(0)
+    model = se_resnext50_32x4d(num_classes=1000).to(memory_format=torch.channels_last)
+    pointwise = [m for m in model.modules() if isinstance(m, PointwiseConv2d)]
+    default_pixels = PointwiseConv2d.max_matmul_pixels
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def set_matmul(on: bool) -> None:
+        for module in pointwise:
+            module.max_matmul_pixels = default_pixels if on else 0
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32)
+
+    rows, results = [], {}
+    for size in (int(s) for s in args.sizes.split(",")):
+        images = torch.randn(args.batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+        target = torch.randint(0, 1000, (args.batch,))
+        matmul_layers = count_matmul_layers(model, pointwise, size)
+
+        def train_step() -> None:
+            with autocast():
+                loss = criterion(model(images), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        def infer() -> None:
+            with torch.inference_mode(), autocast():
+                model(images)
+
+        for task, fn, steps in (("training step", train_step, args.steps), ("inference", infer, args.steps * 3)):
+            model.train(task == "training step")
+            rates = {True: [], False: []}
+            for _ in range(args.repeats):
+                for on in (False, True):
+                    set_matmul(on)
+                    fn()  # warm-up after switching
+                    start = time.perf_counter()
+                    for _ in range(steps):
+                        fn()
+                    rates[on].append(args.batch * steps / (time.perf_counter() - start))
+            off, on = statistics.median(rates[False]), statistics.median(rates[True])
+            results[f"{task} {size}"] = {"size": size, "task": task, "conv img/s": rates[False],
+                                         "matmul img/s": rates[True], "matmul_layers": matmul_layers}
+            rows.append([f"{task}, {size}x{size}", matmul_layers, off, on, on / off])
+    set_matmul(True)
+    precision = "fp32" if args.fp32 else "bfloat16 autocast"
+    table = (markdown_table(["what (batch %d)" % args.batch, "1x1 convs taking the matmul (of %d)" % len(pointwise),
+                             "convolution img/s", "matmul img/s", "matmul / convolution"], rows)
+             + f"\n\n({precision}, channels_last, eager, CPU, {torch.get_num_threads()} threads; median of "
+             f"{args.repeats} alternating repeats of {args.steps} training steps or {args.steps * 3} inference "
+             f"batches; the matmul path takes maps of at most {default_pixels} pixels)")
+    write_report(args.json, "1x1 convolutions: oneDNN convolution vs matmul", machine_info(),
+                 {"settings": vars(args), "results": results}, table)
+
+
+def count_matmul_layers(model, pointwise, size: int) -> int:
+    """How many of the 1x1 convolutions take the matmul path for a ``size`` x ``size`` input."""
+    import torch
+    taken = []
+    hooks = [m.register_forward_hook(lambda m, inputs, output: taken.append(m.takes_matmul(inputs[0])))
+             for m in pointwise]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(taken)
+
+
+if __name__ == "__main__":
+    main()
