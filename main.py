@@ -24,7 +24,7 @@ from torch import nn
 from seresnext import data
 from seresnext.checkpoint import (BEST_NAME, CheckpointError, apply_state_dict, find_latest_checkpoint,
                                   load_model_weights, load_training_checkpoint, plain_data,
-                                  save_training_checkpoint)
+                                  CheckpointWriter)
 from seresnext.devices import AMP_DTYPES, OPT_LEVELS, make_device, normalize_device_type, resolve_precision
 from seresnext.distributed import (LaunchPlan, any_rank, average_buffers, choose_backend, init_distributed,
                                    is_peer_failure, plan_launch, shutdown, spawn_workers, wrap_ddp)
@@ -291,7 +291,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                                               args.warmup_epochs)
         steps_left = args.stop_step_num
         status = 0
-        with GracefulStop() as stop:
+        with GracefulStop() as stop, CheckpointWriter() as checkpoints:  # checkpoints written in the background
             for epoch in range(start_epoch, args.epochs):
                 skip = start_step if epoch == start_epoch else 0
                 train_sampler.set_position(epoch, skip * batch_size)
@@ -317,7 +317,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 is_best = val is not None and (val.top1 > best_acc1 or not (output_dir / BEST_NAME).exists())
                 best_acc1 = max(best_acc1, val.top1) if val is not None else best_acc1
                 if ctx.is_main:
-                    save_training_checkpoint({
+                    checkpoints.submit({
                         "epoch": epoch + 1 if epoch_done else epoch,
                         "epoch_step": 0 if epoch_done else skip + result.steps,
                         "global_step": global_step,
@@ -347,6 +347,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                     summary += f" | val loss {val.loss:.4f} top-1 {val.top1:.3f} top-5 {val.top5:.3f}"
                 printer.line(summary)
                 if any_rank(stop.requested, ctx, device):
+                    checkpoints.wait()
                     printer.line(f"=> interrupted by {stop.name or 'a signal on another rank'}: saved a resumable "
                                  f"checkpoint '{output_dir / 'checkpoint.pth.tar'}' (epoch {epoch}, step "
                                  f"{skip + result.steps}); continue with --resume or --auto-resume")

@@ -9,7 +9,7 @@ import torch
 
 import main
 from seresnext import data
-from seresnext.checkpoint import find_latest_checkpoint, plain_data, save_training_checkpoint
+from seresnext.checkpoint import CheckpointWriter, find_latest_checkpoint, plain_data, save_training_checkpoint
 from seresnext.devices import Precision, StaticGradScaler, resolve_precision
 from seresnext.engine import cosine_lr, steady_state_window
 from train_utils import corrupt, make_image_folder, run_main
@@ -195,3 +195,34 @@ def test_auto_resume_picks_the_newest_checkpoint(tmp_path):
     os.utime(tmp_path / "checkpoint.pth.tar", (1, 1))
     assert find_latest_checkpoint(tmp_path).name == "model_best.pth.tar"
     assert torch.load(tmp_path / "model_best.pth.tar", weights_only=True)["args"] == {"p": str(tmp_path)}
+
+
+def test_background_checkpoint_holds_the_state_at_submit_and_reports_a_failed_write(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    expected_moment = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    with CheckpointWriter() as writer:
+        writer.submit({"epoch": 1, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict()},
+                      tmp_path, is_best=True)
+        optimizer.step()  # training goes on while the file is written: the file keeps the submitted state
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        assert writer.wait() == tmp_path / "checkpoint.pth.tar"
+    for name in ("checkpoint.pth.tar", "model_best.pth.tar"):
+        saved = torch.load(tmp_path / name, weights_only=True)
+        assert saved["epoch"] == 1 and set(saved["state_dict"]) == set(expected)
+        for key, value in expected.items():
+            assert torch.equal(saved["state_dict"][key], value)
+        assert torch.equal(saved["optimizer"]["state"][0]["exp_avg"], expected_moment)
+        fresh = torch.nn.Linear(3, 2)
+        fresh.load_state_dict(saved["state_dict"])  # a state dict (with its metadata) that loads strictly
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    writer = CheckpointWriter()
+    writer.submit({"epoch": 2, "state_dict": {}}, blocker, is_best=False)
+    with pytest.raises(OSError) as failure:
+        writer.close()
+    assert "not_a_folder" in str(failure.value)
