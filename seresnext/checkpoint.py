@@ -155,10 +155,10 @@ def save_training_checkpoint(state: Mapping[str, Any], output_dir: str | PathLik
 
 
 def _snapshot(obj: Any) -> Any:
-    """A copy of ``obj`` whose tensors no longer change when training updates the originals (dicts keep their
-    type and attributes, such as a state dict's ``_metadata``)."""
+    """A CPU copy of ``obj`` whose tensors no longer change when training updates the originals (dicts keep
+    their type and attributes, such as a state dict's ``_metadata``)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         out = copy.copy(obj)
         for key, value in obj.items():
@@ -173,10 +173,11 @@ class CheckpointWriter:
     """:func:`save_training_checkpoint` in a background thread, so that training goes on while a checkpoint
     (about 300 MB for this model and its optimizer) is serialised, written and fsynced.
 
-    :meth:`submit` copies the state's tensors first (a tenth of a second), so the file holds the state as it
-    was at the call. One write runs at a time: ``submit`` first waits for the previous one, and :meth:`wait`
-    (also called on leaving the ``with`` block, even on an error) raises the error of a failed write. Each file
-    is still written atomically, so a crash mid-write leaves the previous checkpoint intact.
+    :meth:`submit` copies the state's tensors to the CPU first (a tenth of a second), so the file holds the
+    state as it was at the call, with CPU tensors. One write runs at a time: ``submit`` first waits for the
+    previous one, and :meth:`wait` (also called on leaving the ``with`` block) raises the error of a failed
+    write; when the block is left by an exception, that exception is the one reported. Each file is still
+    written atomically, so a crash mid-write leaves the previous checkpoint intact.
     """
 
     def __init__(self) -> None:
@@ -201,8 +202,13 @@ class CheckpointWriter:
     def __enter__(self) -> "CheckpointWriter":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc_type is None:
+                raise
+            # otherwise the error already on its way out (a non-finite loss, a crash) is the one to report
 
 
 def load_training_checkpoint(path: str | PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -226,3 +226,7 @@ def test_background_checkpoint_holds_the_state_at_submit_and_reports_a_failed_wr
     with pytest.raises(OSError) as failure:
         writer.close()
     assert "not_a_folder" in str(failure.value)
+    with pytest.raises(RuntimeError, match="non-finite"):  # an error already on its way out wins
+        with CheckpointWriter() as writer:
+            writer.submit({"epoch": 3, "state_dict": {}}, blocker, is_best=False)
+            raise RuntimeError("non-finite loss")
