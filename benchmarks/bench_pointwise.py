@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-from common import machine_info, markdown_table, write_report
+from common import layer_paths, machine_info, markdown_table, measure, write_report
 
 
 def main() -> None:
@@ -49,7 +48,9 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         images = torch.randn(args.batch, 3, size, size).contiguous(memory_format=torch.channels_last)
         target = torch.randint(0, 1000, (args.batch,))
-        matmul_layers = count_matmul_layers(model, pointwise, size)
+        model.eval()
+        matmul_layers = sum(isinstance(m, PointwiseConv2d) and as_matmul
+                            for m, as_matmul, _ in layer_paths(model, images[:1]))
 
         def train_step() -> None:
             with autocast():
@@ -62,17 +63,18 @@ def main() -> None:
             with torch.inference_mode(), autocast():
                 model(images)
 
+        def run(fn, steps: int) -> int:
+            for _ in range(steps):
+                fn()
+            return args.batch * steps
+
         for task, fn, steps in (("training step", train_step, args.steps), ("inference", infer, args.steps * 3)):
             model.train(task == "training step")
             rates = {True: [], False: []}
             for _ in range(args.repeats):
                 for on in (False, True):
-                    set_matmul(on)
-                    fn()  # warm-up after switching
-                    start = time.perf_counter()
-                    for _ in range(steps):
-                        fn()
-                    rates[on].append(args.batch * steps / (time.perf_counter() - start))
+                    set_matmul(on)  # then one warm-up call and one timed one
+                    rates[on].append(measure(lambda: run(fn, steps), repeats=1, warmup=1)["median"])
             off, on = statistics.median(rates[False]), statistics.median(rates[True])
             results[f"{task} {size}"] = {"size": size, "task": task, "conv img/s": rates[False],
                                          "matmul img/s": rates[True], "matmul_layers": matmul_layers}
@@ -86,21 +88,6 @@ def main() -> None:
              f"batches; the matmul path takes maps of at most {default_pixels} pixels)")
     write_report(args.json, "1x1 convolutions: oneDNN convolution vs matmul", machine_info(),
                  {"settings": vars(args), "results": results}, table)
-
-
-def count_matmul_layers(model, pointwise, size: int) -> int:
-    """How many of the 1x1 convolutions take the matmul path for a ``size`` x ``size`` input."""
-    import torch
-    taken = []
-    hooks = [m.register_forward_hook(lambda m, inputs, output: taken.append(m.takes_matmul(inputs[0])))
-             for m in pointwise]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return sum(taken)
 
 
 if __name__ == "__main__":

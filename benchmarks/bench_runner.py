@@ -106,8 +106,12 @@ def main() -> None:
     results: dict = {"settings": vars(args)}
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
-        sh(["bash", "se_resnext50_32x4d_atc.sh", f"--model={onnx_model}", f"--batch_size={batch}",
-            f"--image_size={args.size}", f"--output_dir={work}", f"--aipp_config={args.aipp_config}"])
+        def atc(output_dir: Path, *extra: str) -> None:
+            """Build the runner's model for this batch as a user would."""
+            sh(["bash", "se_resnext50_32x4d_atc.sh", f"--model={onnx_model}", f"--batch_size={batch}",
+                f"--image_size={args.size}", f"--output_dir={output_dir}", f"--aipp_config={args.aipp_config}", *extra])
+
+        atc(work)
         feed = pixels[:batch]
         tensor = torch.from_numpy(feed).to(device)
 
@@ -119,9 +123,7 @@ def main() -> None:
             return len(pixels) / (time.perf_counter() - started)
 
         if args.compare_regroup:
-            sh(["bash", "se_resnext50_32x4d_atc.sh", f"--model={onnx_model}", f"--batch_size={batch}",
-                f"--image_size={args.size}", f"--output_dir={work / 'regrouped'}", f"--aipp_config={args.aipp_config}",
-                "--regroup=true"])
+            atc(work / "regrouped", "--regroup=true")
         session.run(None, {"image": feed})  # warm-up, as the runner's own
         passes = []
         for _ in range(args.repeats):
@@ -142,9 +144,7 @@ def main() -> None:
         figures = {key: statistics.median(p[key] for p in passes) for key in passes[0]}
         figures["torch eager fp32"] = measure(torch_eager, repeats=args.repeats)["median"]
         if args.int8:
-            sh(["bash", "se_resnext50_32x4d_atc.sh", f"--model={onnx_model}", f"--batch_size={batch}",
-                f"--image_size={args.size}", f"--output_dir={work}", f"--aipp_config={args.aipp_config}", "--precision=int8",
-                f"--calib_dir={work / 'prep_bin'}"])
+            atc(work, "--precision=int8", f"--calib_dir={work / 'prep_bin'}")
             figures["runner int8 e2e"], _ = runner_rates(work / f"seresnext50_32x4d_int8_{batch}.onnx", batch, info,
                                                          args.size, work / f"result_int8_{batch}")
             fp32_top1 = top1_per_image(work / f"result_{batch}")

@@ -87,3 +87,31 @@ def write_report(path: str | os.PathLike | None, name: str, info: dict, results:
         Path(path).write_text(json.dumps({"benchmark": name, "machine": info, "results": results,
                                                 "table": table}, indent=2))
         print(f"raw figures: {path}")
+
+
+def layer_paths(model, images) -> list[tuple[object, bool, float]]:
+    """For each convolution and linear layer of ``model``, in the order one no-grad forward pass over
+    ``images`` calls them: the module, whether it ran as a matmul (a linear layer, or a ``PointwiseConv2d``
+    that took its matmul path) and its forward GFLOP."""
+    import torch
+
+    from seresnext.model import PointwiseConv2d
+    layers = []
+
+    def record(module, inputs, output) -> None:
+        if isinstance(module, torch.nn.Linear):
+            layers.append((module, True, 2e-9 * output.numel() * module.in_features))
+            return
+        per_output = 2e-9 * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+        as_matmul = isinstance(module, PointwiseConv2d) and module.takes_matmul(inputs[0])
+        layers.append((module, as_matmul, per_output * output.numel()))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return layers

@@ -3,8 +3,8 @@ Runtime's own profiler, for one or more models side by side on the same random b
 
 Used for the build's grouped-convolution rewrite: profile a build with and without it, e.g.
 
-    bash se_resnext50_32x4d_atc.sh --model=m.onnx --output_dir=a
-    bash se_resnext50_32x4d_atc.sh --model=m.onnx --output_dir=b --regroup=false
+    bash se_resnext50_32x4d_atc.sh --model=m.onnx --output_dir=a --regroup=true
+    bash se_resnext50_32x4d_atc.sh --model=m.onnx --output_dir=b
     python benchmarks/profile_ort.py a/seresnext50_32x4d_16.onnx b/seresnext50_32x4d_16.onnx
 
 Kernel times are summed over ``--runs`` batches after one warm-up batch and reported per batch; a model's

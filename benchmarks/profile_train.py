@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 
-from common import machine_info, markdown_table, write_report
+from common import layer_paths, machine_info, markdown_table, write_report
 
 GROUPS = (  # first match wins; matched against the aten op name
     ("convolution backward", ("convolution_backward",)),
@@ -34,29 +34,6 @@ def group_of(name: str) -> str:
     return "other"
 
 
-def layer_flops(model, images, pointwise_type) -> dict:
-    """Forward GFLOP of one step, split by how each layer runs: as a convolution, or as a matmul (the 1x1
-    convolutions that ``PointwiseConv2d`` turns into one on small maps, and the classifier)."""
-    import torch
-    flops = {"convolution": 0.0, "matmul": 0.0}
-
-    def count(module, inputs, output) -> None:
-        if isinstance(module, torch.nn.Linear):
-            flops["matmul"] += 2e-9 * output.numel() * module.in_features
-            return
-        per_output = 2e-9 * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
-        as_matmul = isinstance(module, pointwise_type) and module.takes_matmul(inputs[0])
-        flops["matmul" if as_matmul else "convolution"] += per_output * output.numel()
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    with torch.no_grad():
-        model(images)
-    for hook in hooks:
-        hook.remove()
-    return flops
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
@@ -69,7 +46,7 @@ def main() -> None:
     import torch
     from torch.profiler import profile
 
-    from seresnext.model import PointwiseConv2d, se_resnext50_32x4d
+    from seresnext.model import se_resnext50_32x4d
 
     torch.manual_seed(0)
     model = se_resnext50_32x4d(num_classes=1000)
@@ -87,7 +64,10 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    flops = layer_flops(model, images, PointwiseConv2d)
+    # forward GFLOP per step of the layers that run as convolutions and of those that run as matmuls
+    flops = {"convolution": 0.0, "matmul": 0.0}
+    for _, as_matmul, gflop in layer_paths(model, images):
+        flops["matmul" if as_matmul else "convolution"] += gflop
     for _ in range(2):
         step()
     with profile() as prof:
