@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from offline_helpers import ROOT
+from offline_helpers import IMAGE_SPECS, ROOT, make_val_folder
 
 
 def test_profile_train_splits_a_step_into_op_groups(tmp_path):
@@ -38,3 +38,20 @@ def test_bench_pointwise_times_both_paths_and_counts_the_matmul_layers(tmp_path)
     for entry in results.values():
         assert entry["conv img/s"][0] > 0 and entry["matmul img/s"][0] > 0
     assert "matmul / convolution" in result.stdout
+
+
+def test_bench_runner_times_every_candidate_on_the_same_images(tmp_path):
+    images = tmp_path / "val_flat"
+    make_val_folder(images, IMAGE_SPECS[:4])
+    out = tmp_path / "runner.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_runner.py"), "--images", str(images),
+                             "--batches", "2", "--repeats", "2", "--compare-regroup", "--int8", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = json.loads(out.read_text())["results"]["batch 2"]
+    assert len(figures["passes"]) == 2  # runner and plain session timed alternately, once per repeat
+    for key in ("runner e2e", "runner inference", "ORT default", "runner e2e, --regroup=true", "torch eager fp32",
+                "runner int8 e2e"):
+        assert figures[key] > 0, key
+    assert 0 <= figures["int8 top-1 agreement %"] <= 100
+    assert "regroup x default" in result.stdout and "int8 x fp32 e2e" in result.stdout
