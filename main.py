@@ -25,9 +25,11 @@ from seresnext import data
 from seresnext.checkpoint import (BEST_NAME, CheckpointError, apply_state_dict, find_latest_checkpoint,
                                   load_model_weights, load_training_checkpoint, plain_data,
                                   CheckpointWriter)
-from seresnext.devices import AMP_DTYPES, OPT_LEVELS, make_device, normalize_device_type, resolve_precision
-from seresnext.distributed import (LaunchPlan, any_rank, average_buffers, choose_backend, init_distributed,
-                                   is_peer_failure, plan_launch, shutdown, spawn_workers, wrap_ddp)
+from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, make_device, normalize_device_type,
+                               resolve_precision)
+from seresnext.distributed import (LaunchPlan, agree_on_precision, any_rank, average_buffers, choose_backend,
+                                   init_distributed, is_peer_failure, plan_launch, shutdown, spawn_workers,
+                                   wrap_ddp)
 from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, cosine_lr,
                               check_finite_weights, evaluate, train_one_epoch)
 from seresnext.model import se_resnext50_32x4d
@@ -82,7 +84,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--port", default="", type=str, help="master port (default: 29500)")
     # mixed precision (apex flags, mapped to torch.amp)
     parser.add_argument("--amp", default=False, action="store_true",
-                        help="mixed precision: float16 + loss scaling on cuda/npu, bfloat16 on cpu")
+                        help="mixed precision: float16 + loss scaling on cuda/npu; on cpu bfloat16 where the CPU "
+                             "runs it natively (a start-up probe checks), else float32")
     parser.add_argument("--opt-level", default=None, type=str, choices=OPT_LEVELS,
                         help="apex opt level: O1/O2/O3 use autocast, O0 keeps float32")
     parser.add_argument("--loss-scale-value", default="1024", type=str,
@@ -114,7 +117,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training model")
     parser.add_argument("--amp-dtype", default=None, choices=sorted(AMP_DTYPES),
-                        help="autocast dtype (implies --amp; default: float16 on cuda/npu, bfloat16 on cpu)")
+                        help="autocast dtype, whatever the hardware (implies --amp; default: float16 on cuda/npu, "
+                             "on cpu bfloat16 where native, else float32)")
     parser.add_argument("--auto-resume", action="store_true",
                         help="continue from the newest checkpoint in --output-dir, if there is one")
     parser.add_argument("--synthetic", action="store_true",
@@ -140,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         how = "picked automatically: npu > cuda > cpu" if requested in (None, "auto") else f"--device {requested}"
         print(f"=> device: {args.device} ({how})", flush=True)
-    resolve_precision(args.device, args.amp, args.opt_level, args.amp_dtype, args.loss_scale_value)
+    precision = resolve_precision(args.device, args.amp, args.opt_level, args.amp_dtype, args.loss_scale_value)
     for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs),
                         ("--print-freq", args.print_freq), ("--eval-freq", args.eval_freq),
                         ("--image-size", args.image_size), ("--max-nonfinite-steps", args.max_nonfinite_steps)):
@@ -161,11 +165,12 @@ def main(args: argparse.Namespace) -> int:
         raise CheckpointError(f"--pretrained {args.pretrained}: no such file")
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if plan.mode == "spawn":
-        return spawn_workers(spawned_worker, plan.procs_per_node, (args, plan, backend))
-    return run_worker(0, args, plan, backend)
+        return spawn_workers(spawned_worker, plan.procs_per_node, (args, plan, backend, precision))
+    return run_worker(0, args, plan, backend, precision)
 
 
-def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None) -> int:
+def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None,
+                precision: Precision) -> int:
     """One training (or evaluation) process: device, data, model, loss, optimizer, AMP, resume, DDP, loop."""
     ctx = init_distributed(plan, process_index, backend or "gloo", dist_url=args.dist_url, addr=args.addr,
                            port=args.port)
@@ -237,7 +242,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         else:
             optimizer = torch.optim.SGD(trainable, args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                                         **fused)
-        precision = resolve_precision(args.device, args.amp, args.opt_level, args.amp_dtype, args.loss_scale_value)
+        precision = agree_on_precision(precision, ctx, device)
         scaler = precision.make_scaler()
         printer.line(f"=> precision: {precision.describe()}")
 
@@ -366,10 +371,11 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         shutdown(ctx)
 
 
-def run_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None) -> int:
+def run_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None,
+               precision: Precision) -> int:
     """:func:`main_worker` with errors turned into one line on stderr and an exit status."""
     try:
-        return main_worker(process_index, args, plan, backend)
+        return main_worker(process_index, args, plan, backend, precision)
     except KNOWN_ERRORS as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
@@ -384,9 +390,10 @@ def run_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, b
     return 1
 
 
-def spawned_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None) -> None:
+def spawned_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None,
+                   precision: Precision) -> None:
     """Entry point of a process started by ``--multiprocessing-distributed``; the launcher reports signals."""
-    status = run_worker(process_index, args, plan, backend)
+    status = run_worker(process_index, args, plan, backend, precision)
     if 0 < status < 128:
         sys.exit(status)
 

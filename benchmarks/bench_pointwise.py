@@ -2,7 +2,8 @@
 
 On a CPU, ``PointwiseConv2d`` runs a 1x1 convolution on a small channels-last feature map (at most
 ``max_matmul_pixels`` pixels) as one matrix multiply. This measures what that buys: the training step
-(main.py's CPU settings: bfloat16 autocast, channels_last, fused AdamW) and eval-mode inference, with the
+(main.py's CPU settings: --amp, which is bfloat16 autocast on a CPU with native bfloat16 and float32 on
+one without; channels_last, fused AdamW) and eval-mode inference, with the
 matmul path on and off on the same model, alternating, for each image size. Both settings compute the same
 function (tests check it).
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import layer_paths, machine_info, markdown_table, measure, write_report
+from common import amp_dtype, dtype_name, layer_paths, machine_info, markdown_table, measure, write_report
 
 
 def main() -> None:
@@ -22,7 +23,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per repeat")
     parser.add_argument("--repeats", type=int, default=4, help="alternating on/off repeats (median reported)")
-    parser.add_argument("--fp32", action="store_true", help="no bfloat16 autocast")
+    parser.add_argument("--fp32", action="store_true", help="float32 even where bfloat16 is native")
     parser.add_argument("--json", default="benchmarks/results/pointwise.json")
     args = parser.parse_args()
 
@@ -41,8 +42,10 @@ def main() -> None:
         for module in pointwise:
             module.max_matmul_pixels = default_pixels if on else 0
 
+    amp = None if args.fp32 else amp_dtype("cpu")
+
     def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32)
+        return torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None)
 
     rows, results = [], {}
     for size in (int(s) for s in args.sizes.split(",")):
@@ -80,7 +83,7 @@ def main() -> None:
                                          "matmul img/s": rates[True], "matmul_layers": matmul_layers}
             rows.append([f"{task}, {size}x{size}", matmul_layers, off, on, on / off])
     set_matmul(True)
-    precision = "fp32" if args.fp32 else "bfloat16 autocast"
+    precision = "fp32" if amp is None else f"{dtype_name(amp)} autocast"
     table = (markdown_table(["what (batch %d)" % args.batch, "1x1 convs taking the matmul (of %d)" % len(pointwise),
                              "convolution img/s", "matmul img/s", "matmul / convolution"], rows)
              + f"\n\n({precision}, channels_last, eager, CPU, {torch.get_num_threads()} threads; median of "

@@ -5,7 +5,8 @@ Candidates, same model, batch and resolution, synthetic data (the model is measu
                "FPS@all" lines, steady-state steps only, one per epoch; median over epochs)
   plain fp32   a pytorch/examples style loop: fp32, NCHW, no AMP, SGD
   timm         the same loop on timm's legacy_seresnext50_32x4d with timm's recommended settings
-               (AMP: bf16 on cpu / fp16 on cuda, channels_last)
+               (AMP, channels_last; AMP is what main.py's --amp picks here: fp16 on cuda, bf16 on a cpu
+               with native bfloat16, fp32 on one without)
 Also measures the device's matmul peak (large square matmul, fp32 and the AMP dtype) and reports each
 candidate's fraction of it, counting 3x the forward FLOPs per training image.
 """
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, machine_info, markdown_table, measure, write_report
+from common import ROOT, amp_dtype, dtype_name, machine_info, markdown_table, measure, write_report
 
 FORWARD_GFLOP_224 = 8.47  # per 224x224 image (4.23 GMAC)
 
@@ -100,15 +101,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    amp = amp_dtype(device.type)
     if args.main_args is None:
-        args.main_args = "--amp --channels-last --compile" + (" --amp-dtype=bfloat16" if device.type == "cpu" else "")
+        args.main_args = "--amp --channels-last --compile"
     skip = set(filter(None, args.skip.split(",")))
     gflop_per_image = 3 * FORWARD_GFLOP_224 * (args.size / 224) ** 2
     info = machine_info()
     results = {"settings": vars(args)}
-    results["peak_gflops"] = {"fp32": matmul_peak_gflops(device, torch.float32),
-                              str(amp_dtype).replace("torch.", ""): matmul_peak_gflops(device, amp_dtype)}
+    results["peak_gflops"] = {"fp32": matmul_peak_gflops(device, torch.float32)}
+    if amp is not None:
+        results["peak_gflops"][dtype_name(amp)] = matmul_peak_gflops(device, amp)
     print("matmul peak GFLOP/s:", results["peak_gflops"], flush=True)
     candidates = {}
     if "plain" not in skip:
@@ -120,10 +122,10 @@ def main() -> None:
         torch.manual_seed(0)
         candidates["timm loop (AMP, channels_last)"] = (loop_images_per_second(
             timm.create_model("legacy_seresnext50_32x4d"), device, args.batch, args.size, args.steps,
-            args.repeats, amp_dtype=amp_dtype, channels_last=True), str(amp_dtype).replace("torch.", ""))
+            args.repeats, amp_dtype=amp, channels_last=True), dtype_name(amp))
     if "main" not in skip:
         candidates[f"main.py {args.main_args}"] = (main_py_images_per_second(args, device.type),
-                                                   str(amp_dtype).replace("torch.", "") if "--amp" in args.main_args else "fp32")
+                                                   dtype_name(amp) if "--amp" in args.main_args else "fp32")
     baseline = candidates.get("plain fp32 loop", (None,))[0]
     rows = []
     for name, (figures, precision) in candidates.items():

@@ -44,9 +44,26 @@ def machine_info() -> dict:
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
+        from seresnext.devices import probe_cpu_bfloat16
+        probe = probe_cpu_bfloat16()
+        info["cpu_bfloat16"] = (f"{'native' if probe.native else 'not native'} (a bfloat16 convolution ran "
+                                f"{probe.speedup:.2f}x as fast as float32)")
+        if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+            info["ONEDNN_MAX_CPU_ISA"] = os.environ["ONEDNN_MAX_CPU_ISA"]
     except ImportError:
         pass
     return info
+
+
+def amp_dtype(device_type: str):
+    """The autocast dtype main.py's ``--amp`` picks here (float16 on cuda; on a cpu bfloat16 where native, else
+    None: float32), so a benchmark of "AMP" measures what a user would get."""
+    from seresnext.devices import resolve_precision
+    return resolve_precision(device_type, True).dtype
+
+
+def dtype_name(dtype) -> str:
+    return "fp32" if dtype is None else str(dtype).replace("torch.", "")
 
 
 def measure(run: Callable[[], int], repeats: int = 3, warmup: int = 1) -> dict:
@@ -76,7 +93,9 @@ def machine_header(info: dict) -> str:
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ", no GPU"
     libs = ", ".join(f"{k} {info[k]}" for k in ("torch", "torchvision", "onnxruntime", "numpy", "Pillow", "timm")
                      if k in info)
-    return f"Machine: {info['cpu']}, {info['cores']} cores{gpu}; Python {info['python']}; {libs}"
+    bf16 = f", bfloat16 {info['cpu_bfloat16']}" if "cpu_bfloat16" in info else ""
+    cap = f", ONEDNN_MAX_CPU_ISA={info['ONEDNN_MAX_CPU_ISA']}" if "ONEDNN_MAX_CPU_ISA" in info else ""
+    return f"Machine: {info['cpu']}, {info['cores']} cores{gpu}{bf16}{cap}; Python {info['python']}; {libs}"
 
 
 def write_report(path: str | os.PathLike | None, name: str, info: dict, results: dict, table: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 
-from common import layer_paths, machine_info, markdown_table, write_report
+from common import amp_dtype, dtype_name, layer_paths, machine_info, markdown_table, write_report
 
 GROUPS = (  # first match wins; matched against the aten op name
     ("convolution backward", ("convolution_backward",)),
@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2, help="profiled steps (after 2 warm-up steps)")
-    parser.add_argument("--fp32", action="store_true", help="plain fp32 NCHW instead of main.py's settings")
+    parser.add_argument("--fp32", action="store_true", help="plain fp32 NCHW instead of main.py's settings "
+                        "(--amp, channels_last; --amp is bfloat16 on a CPU with native bfloat16, else float32)")
     parser.add_argument("--json", default="benchmarks/results/profile_train.json")
     args = parser.parse_args()
 
@@ -57,8 +58,10 @@ def main() -> None:
     images = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=memory_format)
     target = torch.randint(0, 1000, (args.batch,))
 
+    amp = None if args.fp32 else amp_dtype("cpu")
+
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
             loss = criterion(model(images), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -90,7 +93,7 @@ def main() -> None:
     if flops["matmul"]:
         key = "matmul (1x1 convolutions on small maps, classifier)"
         rates["matmul forward+backward GFLOP/s"] = 3 * flops["matmul"] / (times[key] / 1000.0)
-    setting = "fp32, NCHW" if args.fp32 else "bfloat16 autocast, channels_last"
+    setting = "fp32, NCHW" if args.fp32 else f"--amp ({dtype_name(amp)}), channels_last"
     table = (markdown_table(["op group", "ms per step", "% of step"], rows)
              + f"\n\n(training step, batch {args.batch}, {args.size}x{args.size}, {setting}, eager, CPU; "
              f"PyTorch profiler self time, mean of {args.steps} steps)\n\n"

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
 
 __all__ = ["npu_available", "cuda_available", "default_device_type", "normalize_device_type",
            "make_device", "device_count", "synchronize", "dist_backend_for", "DEVICE_TYPES",
-           "AMP_DTYPES", "OPT_LEVELS", "Precision", "StaticGradScaler", "default_amp_dtype", "parse_loss_scale",
-           "resolve_precision"]
+           "AMP_DTYPES", "OPT_LEVELS", "Precision", "StaticGradScaler", "BFLOAT16_MIN_SPEEDUP",
+           "BFloat16Probe", "probe_cpu_bfloat16", "parse_loss_scale", "resolve_precision"]
 
 DEVICE_TYPES = ("cpu", "cuda", "npu")
 
@@ -100,9 +101,65 @@ AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 OPT_LEVELS = ("O0", "O1", "O2", "O3")
 
 
-def default_amp_dtype(device_type: str) -> torch.dtype:
-    """float16 where the hardware has fast fp16 with loss scaling (cuda, npu); bfloat16 on cpu."""
-    return torch.bfloat16 if device_type == "cpu" else torch.float16
+BFLOAT16_MIN_SPEEDUP = 1.2
+"""``--amp`` on a CPU runs bfloat16 only when a bfloat16 convolution is at least this much faster than float32."""
+
+
+@dataclass(frozen=True)
+class BFloat16Probe:
+    """What this process's oneDNN really does with bfloat16: the speed of a bfloat16 convolution over float32's.
+
+    CPU flags cannot tell: a VM can hide them, ``ONEDNN_MAX_CPU_ISA`` can cap what oneDNN uses, and
+    ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is true wherever bfloat16 merely runs (emulated on plain
+    AVX-512, at less than half the float32 speed). Native bfloat16 (AVX512_BF16, AMX) runs about 2x float32.
+    """
+
+    speedup: float  # float32 time / bfloat16 time; 0 when bfloat16 convolutions are not available at all
+
+    @property
+    def native(self) -> bool:
+        return self.speedup >= BFLOAT16_MIN_SPEEDUP
+
+
+def _best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@lru_cache(maxsize=None)
+def probe_cpu_bfloat16() -> BFloat16Probe:
+    """Time a small 1x1 convolution (channels-last, the model's commonest layer) in bfloat16 and in float32.
+
+    Takes 20-60 ms, once per process, on one thread (so that other work on the cores cannot skew it).
+    """
+    if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return BFloat16Probe(0.0)  # no AVX-512 for oneDNN: bfloat16 runs through slow reference code
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 128, 16, 16, generator=gen).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(128, 128, 1, 1, generator=gen)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: no waiting on a descheduled sibling when other work shares the cores
+    try:
+        return BFloat16Probe(_conv_speedup(x, w, xb, wb))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _conv_speedup(x: torch.Tensor, w: torch.Tensor, xb: torch.Tensor, wb: torch.Tensor) -> float:
+    with torch.no_grad():
+        conv32 = lambda: torch.nn.functional.conv2d(x, w)  # noqa: E731
+        conv16 = lambda: torch.nn.functional.conv2d(xb, wb)  # noqa: E731
+        conv32(), conv16()  # oneDNN builds (JIT-compiles) its kernels on the first call
+        times32, times16 = [], []
+        for _ in range(4):  # alternate, so a burst of load elsewhere hits both alike
+            times32.append(_best_time(conv32, 3))
+            times16.append(_best_time(conv16, 3))
+    return min(times32) / max(min(times16), 1e-9)
 
 
 def parse_loss_scale(value: str | float | int | None) -> float | None:
@@ -144,6 +201,8 @@ class Precision:
     device_type: str
     dtype: torch.dtype | None = None
     loss_scale: float | None = None  # static scale; None means dynamic (only used with float16)
+    note: str = field(default="", compare=False)  # why this precision, when it was chosen for the hardware
+    probed: bool = field(default=False, compare=False)  # chosen by probe_cpu_bfloat16 (``--amp`` on a cpu)
 
     @property
     def enabled(self) -> bool:
@@ -166,23 +225,27 @@ class Precision:
         return torch.amp.GradScaler(self.device_type)
 
     def describe(self) -> str:
+        """The ``=> precision:`` log line's text."""
         if not self.enabled:
-            return "float32 (AMP off)"
+            return f"float32 ({self.note or 'AMP off'})"
         name = str(self.dtype).replace("torch.", "")
         if not self.uses_scaler:
-            return f"autocast {name} on {self.device_type}, no loss scaling"
-        scale = "dynamic" if self.loss_scale is None else f"static {self.loss_scale:g}"
-        return f"autocast {name} on {self.device_type}, {scale} loss scale"
+            text = f"autocast {name} on {self.device_type}, no loss scaling"
+        else:
+            scale = "dynamic" if self.loss_scale is None else f"static {self.loss_scale:g}"
+            text = f"autocast {name} on {self.device_type}, {scale} loss scale"
+        return f"{text} ({self.note})" if self.note else text
 
 
 def resolve_precision(device_type: str, amp: bool, opt_level: str | None = None, amp_dtype: str | None = None,
                       loss_scale_value: str | float | None = None) -> Precision:
     """Map upstream's apex flags to :class:`Precision`.
 
-    ``--amp`` with ``--opt-level`` O1/O2/O3 (or none) turns on autocast; O0 keeps fp32, as in apex. The dtype
-    follows the device (float16 on cuda/npu, bfloat16 on cpu) unless ``--amp-dtype`` names one, which also
-    turns AMP on. float16 gets a GradScaler: static when ``--loss-scale-value`` is a number, dynamic for
-    ``dynamic``.
+    ``--amp`` with ``--opt-level`` O1/O2/O3 (or none) turns on autocast; O0 keeps fp32, as in apex. On cuda/npu
+    the dtype is float16 with a GradScaler: static when ``--loss-scale-value`` is a number, dynamic for
+    ``dynamic``. On a CPU it is bfloat16 only where :func:`probe_cpu_bfloat16` finds native bfloat16; elsewhere
+    bfloat16 would be emulated and slower than float32, so ``--amp`` runs float32 and the note says why.
+    ``--amp-dtype`` names the dtype whatever the hardware (and turns AMP on).
     """
     if opt_level is not None and opt_level not in OPT_LEVELS:
         raise ValueError(f"--opt-level {opt_level!r}: expected one of {', '.join(OPT_LEVELS)}")
@@ -191,5 +254,14 @@ def resolve_precision(device_type: str, amp: bool, opt_level: str | None = None,
     loss_scale = parse_loss_scale(loss_scale_value)
     if not (amp or amp_dtype) or opt_level == "O0":
         return Precision(device_type)
-    dtype = AMP_DTYPES[amp_dtype] if amp_dtype else default_amp_dtype(device_type)
-    return Precision(device_type, dtype, loss_scale if dtype == torch.float16 else None)
+    if amp_dtype:
+        dtype = AMP_DTYPES[amp_dtype]
+        return Precision(device_type, dtype, loss_scale if dtype == torch.float16 else None, note="--amp-dtype")
+    if device_type != "cpu":
+        return Precision(device_type, torch.float16, loss_scale)
+    probe = probe_cpu_bfloat16()
+    measured = f"a bfloat16 convolution ran {probe.speedup:.2f}x as fast as float32 here"
+    if probe.native:
+        return Precision("cpu", torch.bfloat16, note=f"--amp: native bfloat16, {measured}", probed=True)
+    return Precision("cpu", probed=True, note=f"--amp: this CPU has no native bfloat16; bfloat16 would be emulated "
+                                              f"and slower ({measured}; --amp-dtype bfloat16 forces it)")

@@ -25,10 +25,10 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .devices import dist_backend_for
+from .devices import Precision, dist_backend_for
 
 __all__ = ["DistContext", "LaunchPlan", "parse_device_list", "torchrun_env", "plan_launch", "choose_backend",
-           "init_distributed", "shutdown", "wrap_ddp", "all_reduce_sum", "any_rank", "average_buffers",
+           "init_distributed", "shutdown", "wrap_ddp", "all_reduce_sum", "any_rank", "agree_on_precision", "average_buffers",
            "is_peer_failure", "spawn_workers"]
 
 
@@ -187,6 +187,17 @@ def any_rank(flag: bool, ctx: DistContext, device: torch.device | str = "cpu") -
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return bool(value.item() > 0)
+
+
+def agree_on_precision(precision: Precision, ctx: DistContext, device: torch.device | str = "cpu") -> Precision:
+    """Every rank runs the same precision: bfloat16 chosen by a rank's own CPU probe (torchrun starts each rank
+    on its own) becomes float32 everywhere when any rank's CPU lacks native bfloat16."""
+    if not ctx.distributed or not precision.probed:  # probed on every rank or on none: same flags everywhere
+        return precision
+    if any_rank(not precision.enabled, ctx, device) and precision.enabled:
+        return Precision("cpu", probed=True,
+                         note="--amp: another rank's CPU has no native bfloat16, so every rank runs float32")
+    return precision
 
 
 @torch.no_grad()

@@ -121,7 +121,8 @@ if [ "${layout}" == "8p" ]; then
 else
     cmd+=(--gpu="${ASCEND_DEVICE_ID}")
 fi
-# --amp: float16 with a static loss scale of 16 on npu/cuda, bfloat16 on cpu (main.py maps it).
+# --amp: float16 with a static loss scale of 16 on npu/cuda; on cpu bfloat16 where native, else float32 (main.py
+# probes the CPU and says which in its "=> precision:" line).
 cmd+=(--amp --opt-level "O2" --eval-freq 1 --loss-scale-value 16 --output-dir "${output_dir}")
 if [ -n "${image_size}" ]; then cmd+=(--image-size "${image_size}"); fi
 if [ "${evaluate}" == "true" ]; then cmd+=(--resume="${output_dir}/model_best.pth.tar" --evaluate); fi

@@ -4,8 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-from seresnext.distributed import choose_backend, plan_launch
+from seresnext.devices import Precision
+from seresnext.distributed import DistContext, agree_on_precision, choose_backend, plan_launch
 from train_utils import TINY, load, make_image_folder, run_script
 
 
@@ -30,6 +34,24 @@ def test_backend_follows_the_device_and_refuses_a_mismatch():
     assert choose_backend("cuda", "gloo") == "gloo"
     with pytest.raises(ValueError, match="--dist-backend hccl: only works with --device npu"):
         choose_backend("cpu", "hccl")
+
+
+def _agree(rank: int, store: str, native: list[bool], results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=len(native))
+    mine = Precision("cpu", torch.bfloat16, probed=True) if native[rank] else Precision("cpu", probed=True)
+    agreed = agree_on_precision(mine, DistContext(rank=rank, world_size=len(native), backend="gloo"))
+    results[rank] = (str(agreed.dtype), agreed.note)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("native", [[True, False], [True, True]])
+def test_ranks_agree_on_float32_when_any_cpu_lacks_native_bfloat16(tmp_path, native):
+    results = mp.Manager().dict()
+    mp.spawn(_agree, args=(str(tmp_path / "store"), native, results), nprocs=2)
+    expected = "torch.bfloat16" if all(native) else "None"
+    assert [results[r][0] for r in range(2)] == [expected, expected]
+    if not all(native):
+        assert results[0][1] == "--amp: another rank's CPU has no native bfloat16, so every rank runs float32"
 
 
 def test_torchrun_job_with_a_killed_worker_restarts_and_finishes(tmp_path):

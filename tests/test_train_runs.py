@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from seresnext.devices import probe_cpu_bfloat16
 from train_utils import ROOT, TINY, corrupt, load, make_image_folder, run_main, same_weights
 
 torch.set_num_threads(2)
@@ -157,7 +158,8 @@ def test_ctrl_c_writes_a_resumable_checkpoint_and_exits_cleanly(dataset, straigh
 
 
 def test_synthetic_run_on_a_terminal_shows_a_progress_bar(tmp_path):
-    """--synthetic needs no dataset; --channels-last and bf16 --amp train; a TTY gets a tqdm bar."""
+    """--synthetic needs no dataset; --channels-last and --amp train (bfloat16 where native); a TTY gets a
+    tqdm bar."""
     import fcntl
     import pty
     import struct
@@ -182,6 +184,7 @@ def test_synthetic_run_on_a_terminal_shows_a_progress_bar(tmp_path):
     os.close(leader)
     out = b"".join(chunks).decode(errors="replace")
     assert "it/s" in out or "s/it" in out, out[-2000:]  # tqdm's rate field
-    assert "autocast bfloat16 on cpu" in out and "FPS@all" in out and "stopped after --stop-step-num 2" in out
+    expected = "autocast bfloat16 on cpu" if probe_cpu_bfloat16().native else "float32 (--amp: this CPU has no"
+    assert f"=> precision: {expected}" in out and "FPS@all" in out and "stopped after --stop-step-num 2" in out
     record = json.loads((tmp_path / "train_log.jsonl").read_text())
     assert record["steps"] == 2 and record["val_top1"] is not None
