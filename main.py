@@ -109,6 +109,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", default=None, type=int,
                         help="classifier outputs (default: the dataset's class count; 1000 with --synthetic)")
     parser.add_argument("--image-size", default=224, type=int, help="train crop size (default: 224)")
+    parser.add_argument("--progressive-sizes", default=None, metavar="SIZE:EPOCHS[,...]",
+                        help="progressive resizing: train the first EPOCHS epochs at SIZE px (then the next phase, "
+                             "then --image-size for the rest), e.g. 48:12; cheaper early epochs, same final size")
     parser.add_argument("--val-resize-size", default=None, type=int,
                         help="val short-side resize (default: 256 for 224 px, same ratio otherwise)")
     parser.add_argument("--val-crop-size", default=None, type=int, help="val centre crop (default: --image-size)")
@@ -156,6 +159,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--min-crop-scale {args.min_crop_scale}: must be in (0, 1]")
     if args.max_crop_aspect < 1.0:
         raise ValueError(f"--max-crop-aspect {args.max_crop_aspect}: must be 1 or more")
+    data.parse_progressive_sizes(args.progressive_sizes, args.image_size)
     plan = plan_launch(multiprocessing_distributed=args.multiprocessing_distributed, device_list=args.device_list,
                        world_size=args.world_size, rank=args.rank, gpu=args.gpu)
     backend = choose_backend(args.device, args.dist_backend) if plan.distributed else None
@@ -296,11 +300,17 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                                               args.warmup_epochs)
         steps_left = args.stop_step_num
         status = 0
+        phases = data.parse_progressive_sizes(args.progressive_sizes, args.image_size)
+        train_size = args.image_size
         with GracefulStop() as stop, CheckpointWriter() as checkpoints:  # checkpoints written in the background
             for epoch in range(start_epoch, args.epochs):
                 skip = start_step if epoch == start_epoch else 0
                 train_sampler.set_position(epoch, skip * batch_size)
                 train_set.set_epoch(epoch)
+                if data.train_size_at(epoch, args.image_size, phases) != train_size or (phases and epoch == start_epoch):
+                    train_size = data.train_size_at(epoch, args.image_size, phases)
+                    set_train_size(train_set, train_size, args)
+                    printer.line(f"=> Epoch[{epoch}] training at {train_size}x{train_size} px (--progressive-sizes)")
                 printer.line("=> Now Epoch[%d] setting lr: %.4f" % (epoch, lr_at(epoch, skip)))
                 result = train_one_epoch(
                     train_model, criterion, optimizer, train_loader, device, epoch, precision=precision,
@@ -337,7 +347,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                         "class_names": list(class_names),
                     }, output_dir, is_best)
                     append_record(log_path, {
-                        "epoch": epoch, "lr": lr_at(epoch, skip), "train_loss": result.loss,
+                        "epoch": epoch, "lr": lr_at(epoch, skip), "image_size": train_size, "train_loss": result.loss,
                         "train_top1": result.top1, "train_top5": result.top5,
                         "images_per_second": result.images_per_second,
                         "seconds": result.seconds + (val.seconds if val else 0.0), "steps": result.steps,
@@ -369,6 +379,15 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         return status
     finally:
         shutdown(ctx)
+
+
+def set_train_size(train_set, size: int, args: argparse.Namespace) -> None:
+    """Train crops of ``size`` px from now on (--progressive-sizes); loader workers start anew each epoch, so
+    the next epoch's workers see the change."""
+    if isinstance(train_set, data.SyntheticImages):
+        train_set.set_image_size(size)
+    else:
+        train_set.transform = data.train_transform(size, args.min_crop_scale, args.max_crop_aspect)
 
 
 def run_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None,

@@ -32,7 +32,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from .model import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DataError", "MAX_BAD_FRACTION", "check_image_folder", "read_class_names", "train_transform",
-           "val_transform", "val_sizes", "RobustImageFolder", "SyntheticImages", "TrainSampler", "ShardSampler",
+           "val_transform", "val_sizes", "parse_progressive_sizes", "train_size_at", "RobustImageFolder", "SyntheticImages", "TrainSampler", "ShardSampler",
            "collate_skipping", "make_loader", "steps_per_epoch", "check_bad_fraction"]
 
 MAX_BAD_FRACTION = 0.01
@@ -129,6 +129,37 @@ def train_transform(image_size: int = 224, min_crop_scale: float = 0.08,
                                transforms.ToTensor(), _normalize()])
 
 
+def parse_progressive_sizes(text: str | None, image_size: int) -> tuple[tuple[int, int], ...]:
+    """``--progressive-sizes SIZE:EPOCHS[,SIZE:EPOCHS...]``: train the first EPOCHS epochs at SIZE px, the next
+    phase at the next size, and the rest at ``--image-size``. Returns ``((size, epochs), ...)``."""
+    if not text:
+        return ()
+    phases = []
+    for part in text.split(","):
+        size, _, count = part.strip().partition(":")
+        try:
+            phase = (int(size), int(count))
+        except ValueError:
+            raise ValueError(f"--progressive-sizes {text}: expected SIZE:EPOCHS[,SIZE:EPOCHS...], "
+                             f"e.g. 48:12") from None
+        if not 16 <= phase[0] <= image_size or phase[1] < 1:
+            raise ValueError(f"--progressive-sizes {text}: each SIZE must be 16..--image-size ({image_size}) and "
+                             f"each EPOCHS at least 1")
+        phases.append(phase)
+    return tuple(phases)
+
+
+def train_size_at(epoch: int, image_size: int, phases: Sequence[tuple[int, int]]) -> int:
+    """The train crop size of ``epoch`` under :func:`parse_progressive_sizes`'s phases (a pure function of the
+    epoch, so a resumed run continues the same schedule)."""
+    start = 0
+    for size, count in phases:
+        if epoch < start + count:
+            return size
+        start += count
+    return image_size
+
+
 def val_sizes(image_size: int, resize_size: int | None, crop_size: int | None) -> tuple[int, int]:
     """Validation resize and crop: 256/224 for 224 px, and the same 8:7 ratio for other ``--image-size``."""
     crop = crop_size if crop_size is not None else image_size
@@ -210,11 +241,15 @@ class SyntheticImages(Dataset):
     """
 
     def __init__(self, length: int, image_size: int, num_classes: int, seed: int = 0, bank: int = 64):
-        gen = torch.Generator().manual_seed(seed)
-        self.images = torch.randn(min(bank, max(length, 1)), 3, image_size, image_size, generator=gen)
         self.length = length
         self.num_classes = num_classes
         self.classes = [f"class_{i:04d}" for i in range(num_classes)]
+        self.seed, self.bank = seed, min(bank, max(length, 1))
+        self.set_image_size(image_size)
+
+    def set_image_size(self, image_size: int) -> None:
+        gen = torch.Generator().manual_seed(self.seed)
+        self.images = torch.randn(self.bank, 3, image_size, image_size, generator=gen)
 
     def __len__(self) -> int:
         return self.length

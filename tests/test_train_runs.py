@@ -75,6 +75,22 @@ def test_stop_step_num_stops_mid_epoch_and_auto_resume_continues_exactly(dataset
                         load(straight / "checkpoint.pth.tar")["state_dict"]) == []
 
 
+def test_progressive_sizes_train_early_epochs_smaller_and_resume_keeps_the_schedule(dataset, tmp_path, capsys):
+    flags = ["--data_path", dataset, "--epochs", 3, "--progressive-sizes", "16:1,24:1", *TINY]
+    assert run_main([*flags, "--output-dir", tmp_path / "straight"]) == 0
+    out = capsys.readouterr().out
+    for epoch, size in ((0, 16), (1, 24), (2, 32)):
+        assert f"=> Epoch[{epoch}] training at {size}x{size} px (--progressive-sizes)" in out
+    records = (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(r)["image_size"] for r in records] == [16, 24, 32]
+    # stopped in epoch 1 (24 px), then resumed: the schedule is a function of the epoch, so nothing changes
+    assert run_main([*flags, "--output-dir", tmp_path / "resumed", "--stop-step-num", 3]) == 0
+    assert run_main([*flags, "--output-dir", tmp_path / "resumed", "--auto-resume"]) == 0
+    assert "=> Epoch[1] training at 24x24 px" in capsys.readouterr().out.split("=> loaded checkpoint")[1]
+    assert same_weights(load(tmp_path / "resumed" / "checkpoint.pth.tar")["state_dict"],
+                        load(tmp_path / "straight" / "checkpoint.pth.tar")["state_dict"]) == []
+
+
 def test_adamw_optimizer_trains_and_is_checkpointed(dataset, tmp_path):
     assert run_main(["--data_path", dataset, "--output-dir", tmp_path, "--epochs", 1, "--stop-step-num", 1,
                      "--optimizer", "adamw", "--wd", 0.05, *TINY]) == 0

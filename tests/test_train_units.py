@@ -89,6 +89,24 @@ def test_a_cpu_that_announces_native_bfloat16_gets_it_from_the_probe():
     assert resolve_precision("cpu", True).dtype == torch.bfloat16
 
 
+def test_progressive_sizes_parse_into_phases_and_refuse_bad_values(tmp_path):
+    phases = data.parse_progressive_sizes("40:8, 48:4", 64)
+    assert phases == ((40, 8), (48, 4))
+    assert [data.train_size_at(e, 64, phases) for e in (0, 7, 8, 11, 12, 30)] == [40, 40, 48, 48, 64, 64]
+    assert data.parse_progressive_sizes(None, 64) == () and data.train_size_at(3, 64, ()) == 64
+    for bad in ("48", "48:x", "80:2", "48:0"):
+        with pytest.raises(ValueError, match=f"--progressive-sizes {bad}: "):
+            data.parse_progressive_sizes(bad, 64)
+    # the crops really change size: the folder's transform and the synthetic bank
+    folder = data.RobustImageFolder(make_image_folder(tmp_path / "d", classes=2, train=1, val=1) / "train",
+                                    data.train_transform(32), substitute=True, seed=0)
+    synthetic = data.SyntheticImages(4, 32, 2)
+    args = main.get_args_parser().parse_args([])
+    for dataset in (folder, synthetic):
+        main.set_train_size(dataset, 16, args)
+        assert dataset[0][0].shape == (3, 16, 16)
+
+
 def test_static_loss_scale_skips_nonfinite_steps_and_never_moves():
     layer = torch.nn.Linear(3, 1)
     before = layer.weight.detach().clone()
