@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from seresnext import data
-from seresnext.checkpoint import (BEST_NAME, CheckpointError, apply_state_dict, find_latest_checkpoint,
-                                  load_model_weights, load_training_checkpoint, plain_data,
-                                  CheckpointWriter)
+from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, apply_state_dict,
+                                  earlier_run_files, find_latest_checkpoint, load_model_weights,
+                                  load_training_checkpoint, plain_data, prepare_output_dir, remove_stale_temporaries,
+                                  restore_optimizer, CheckpointWriter)
 from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, make_device, normalize_device_type,
                                resolve_precision)
 from seresnext.distributed import (LaunchPlan, agree_on_precision, any_rank, average_buffers, choose_backend,
@@ -37,7 +38,7 @@ from seresnext.training_log import LOG_NAME, PLOT_NAME, append_record, drop_reco
 
 PROG = "main.py"
 SYNTHETIC_TRAIN_STEPS = 50  # --synthetic: an epoch is this many global batches; validation is 2
-KNOWN_ERRORS = (data.DataError, CheckpointError, NonFiniteLossError, ValueError)
+KNOWN_ERRORS = (data.DataError, CheckpointError, NonFiniteLossError, ValueError, OSError)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -93,7 +94,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     # other upstream flags
     parser.add_argument("--pretrained", nargs="?", const="./model_best.pth.tar", default=None, metavar="PATH",
                         help="fine-tune from a checkpoint or Cadene weight file with a fresh last_linear and a "
-                             "frozen backbone (default path: ./model_best.pth.tar)")
+                             "frozen backbone; with --evaluate, evaluate the file's whole model, last_linear "
+                             "included (default path: ./model_best.pth.tar)")
     parser.add_argument("-p", "--print-freq", default=10, type=int, metavar="N", help="print frequency (steps)")
     parser.add_argument("--eval-freq", default=10, type=int, help="validate every N epochs (and after the last)")
     parser.add_argument("--stop-step-num", default=None, type=int,
@@ -136,7 +138,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="sgd (upstream: momentum, weight decay on all parameters) or adamw (decoupled "
                              "weight decay; e.g. --lr 0.002 --wd 0.05), which learns much faster on small data")
     parser.add_argument("--max-nonfinite-steps", default=20, type=int,
-                        help="stop when the loss has been NaN/inf for this many consecutive steps (default: 20)")
+                        help="stop when for this many consecutive steps the loss was NaN/inf or the float16 loss "
+                             "scaler skipped the step (default: 20)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an --output-dir that holds an earlier run's checkpoint.pth.tar "
+                             "or model_best.pth.tar (they are replaced); without it such a run is refused")
     return parser
 
 
@@ -167,10 +173,28 @@ def main(args: argparse.Namespace) -> int:
         data.check_image_folder(args.data_path, ("val",) if args.evaluate else ("train", "val"))
     if args.pretrained and not os.path.isfile(args.pretrained):
         raise CheckpointError(f"--pretrained {args.pretrained}: no such file")
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if not args.evaluate:  # evaluation writes nothing
+        check_output_dir(args, first_process=plan.node_rank == 0 and os.environ.get("LOCAL_RANK", "0") == "0")
     if plan.mode == "spawn":
         return spawn_workers(spawned_worker, plan.procs_per_node, (args, plan, backend, precision))
     return run_worker(0, args, plan, backend, precision)
+
+
+def check_output_dir(args: argparse.Namespace, first_process: bool) -> None:
+    """Before any work: ``--output-dir`` must be writable, and must not hold an earlier run's checkpoints
+    unless this run resumes (``--resume``, ``--auto-resume``) or says ``--overwrite``. The first process
+    also removes the temporaries that killed checkpoint writes left there."""
+    output_dir = prepare_output_dir(args.output_dir)
+    earlier = earlier_run_files(output_dir)
+    if earlier and not (args.resume or args.auto_resume or args.overwrite):
+        raise CheckpointError(f"--output-dir {args.output_dir} already holds {' and '.join(earlier)} of an earlier "
+                              f"run; continue that run with --auto-resume (or --resume FILE), start a new one over "
+                              f"it with --overwrite, or choose another --output-dir")
+    if first_process:
+        stale = remove_stale_temporaries(output_dir)
+        if stale:
+            print(f"=> removed {len(stale)} temporary file(s) that interrupted checkpoint writes left in "
+                  f"'{output_dir}'", flush=True)
 
 
 def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None,
@@ -227,7 +251,14 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
 
         # model
         model = se_resnext50_32x4d(num_classes=num_classes)
-        if args.pretrained:
+        if args.pretrained and args.evaluate:  # score the weights themselves, not a random head on them
+            try:
+                load_model_weights(model, args.pretrained)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{exc}; --pretrained with --evaluate scores the file's own last_linear, so "
+                                      f"its classes must be the {num_classes} of this run") from None
+            printer.line(f"=> evaluating '{args.pretrained}' as it is (last_linear included)")
+        elif args.pretrained:
             load_model_weights(model, args.pretrained, skip_prefixes=("last_linear.",))
             for name, param in model.named_parameters():
                 param.requires_grad = name.startswith("last_linear.")
@@ -268,8 +299,13 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 raise CheckpointError(f"{resume}: trained on other classes than {args.data_path} holds")
             apply_state_dict(model, checkpoint["state_dict"], resume)
             if not args.evaluate:
-                if checkpoint.get("optimizer"):
-                    optimizer.load_state_dict(checkpoint["optimizer"])
+                changes = restore_optimizer(optimizer, checkpoint["optimizer"], resume) \
+                    if checkpoint.get("optimizer") else []
+                saved_lr = (checkpoint.get("args") or {}).get("lr")
+                if isinstance(saved_lr, float) and saved_lr != args.lr:  # the schedule follows --lr
+                    changes.insert(0, f"--lr {args.lr:g} (checkpoint: {saved_lr:g})")
+                if changes:
+                    printer.line(f"=> resuming with changed settings, applied from here on: {', '.join(changes)}")
                 if checkpoint.get("scaler") and scaler.is_enabled():
                     scaler.load_state_dict(checkpoint["scaler"])
             start_epoch = int(checkpoint["epoch"])
@@ -302,6 +338,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         status = 0
         phases = data.parse_progressive_sizes(args.progressive_sizes, args.image_size)
         train_size = args.image_size
+        best_on_disk = bool(resume) and (output_dir / BEST_NAME).exists()  # a new run replaces an old model_best
         with GracefulStop() as stop, CheckpointWriter() as checkpoints:  # checkpoints written in the background
             for epoch in range(start_epoch, args.epochs):
                 skip = start_step if epoch == start_epoch else 0
@@ -316,7 +353,8 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                     train_model, criterion, optimizer, train_loader, device, epoch, precision=precision,
                     scaler=scaler, lr_at=lr_at, ctx=ctx, config=config, printer=printer,
                     split_size=len(train_set), start_step=skip, num_steps=len(train_loader),
-                    global_step=global_step, max_steps=steps_left, stop=stop, hooks=hooks)
+                    global_step=global_step, max_steps=steps_left, stop=stop, hooks=hooks,
+                    check=checkpoints.check if ctx.is_main else None)
                 global_step += result.steps
                 steps_left = None if steps_left is None else steps_left - result.steps
                 epoch_done = skip + result.steps >= steps_per_epoch
@@ -324,17 +362,24 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 check_finite_weights(model)
 
                 val = None
-                if ((epoch + 1) % args.eval_freq == 0 or epoch == args.epochs - 1) and not result.stopped_by_signal:
+                due = (epoch + 1) % args.eval_freq == 0 or epoch == args.epochs - 1
+                if due and not result.stopped_by_signal:
                     val = evaluate(model, val_criterion, val_loader, device, precision=precision, ctx=ctx,
                                    printer=printer, print_freq=args.print_freq, split_size=len(val_set),
-                                   channels_last=args.channels_last)
+                                   channels_last=args.channels_last, stop=stop)
+                    val = None if val.stopped else val
+                # a signal took the validation this epoch was due: the checkpoint resumes at it
+                val_pending = due and epoch_done and val is None
                 # the first validated epoch always writes model_best (upstream skipped it at 0% top-1)
-                is_best = val is not None and (val.top1 > best_acc1 or not (output_dir / BEST_NAME).exists())
+                is_best = val is not None and (val.top1 > best_acc1 or not best_on_disk)
+                best_on_disk = best_on_disk or is_best
                 best_acc1 = max(best_acc1, val.top1) if val is not None else best_acc1
+                next_epoch, next_step = (epoch + 1, 0) if epoch_done and not val_pending else \
+                    (epoch, skip + result.steps)
                 if ctx.is_main:
                     checkpoints.submit({
-                        "epoch": epoch + 1 if epoch_done else epoch,
-                        "epoch_step": 0 if epoch_done else skip + result.steps,
+                        "epoch": next_epoch,
+                        "epoch_step": next_step,
                         "global_step": global_step,
                         "state_dict": model.state_dict(),
                         "best_acc1": best_acc1,
@@ -352,20 +397,23 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                         "images_per_second": result.images_per_second,
                         "seconds": result.seconds + (val.seconds if val else 0.0), "steps": result.steps,
                         "skipped_images": result.skipped_images, "nonfinite_steps": result.nonfinite_steps,
+                        "skipped_steps": result.skipped_steps,
                         "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
                         "val_top5": val.top5 if val else None})
                 summary = (f"=> Epoch[{epoch}] summary: train loss {result.loss:.4f} top-1 {result.top1:.3f} "
                            f"top-5 {result.top5:.3f} | {result.steps} steps, {result.images_per_second:.1f} "
                            f"images/s, {result.seconds:.1f} s | {result.skipped_images} unreadable image(s) "
-                           f"skipped, {result.nonfinite_steps} non-finite step(s)")
+                           f"skipped, {result.nonfinite_steps} non-finite step(s), {result.skipped_steps} step(s) "
+                           f"skipped by the loss scaler")
                 if val is not None:
                     summary += f" | val loss {val.loss:.4f} top-1 {val.top1:.3f} top-5 {val.top5:.3f}"
                 printer.line(summary)
                 if any_rank(stop.requested, ctx, device):
                     checkpoints.wait()
                     printer.line(f"=> interrupted by {stop.name or 'a signal on another rank'}: saved a resumable "
-                                 f"checkpoint '{output_dir / 'checkpoint.pth.tar'}' (epoch {epoch}, step "
-                                 f"{skip + result.steps}); continue with --resume or --auto-resume")
+                                 f"checkpoint '{output_dir / CHECKPOINT_NAME}' (epoch {next_epoch}, step {next_step}"
+                                 f"{', its validation still to run' if val_pending else ''}); continue with --resume "
+                                 f"or --auto-resume")
                     status = 128 + (stop.signum or 15)
                     break
                 if steps_left is not None and steps_left <= 0:

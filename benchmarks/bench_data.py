@@ -32,7 +32,7 @@ def loader_images_per_second(data: str, size: int, batch: int, workers: int, rep
 
 def main_py_fps(extra: list[str], args) -> list[float]:
     command = [sys.executable, str(ROOT / "main.py"), "--device=cpu", f"-b={args.batch}", f"--image-size={args.size}",
-               "--epochs=2", "--eval-freq=1000", "--print-freq=1000000", "--output-dir", args.workdir,
+               "--epochs=2", "--eval-freq=1000", "--print-freq=1000000", "--output-dir", args.workdir, "--overwrite",
                *args.main_args.split(), *extra]
     print("$", " ".join(command), flush=True)
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)

@@ -68,7 +68,8 @@ def main_py_images_per_second(args, device_type: str) -> dict:
     steps = args.steps * (args.repeats + 1) + 5  # main.py leaves its first 5 steps out of FPS@all
     command = [sys.executable, str(ROOT / "main.py"), "--synthetic", f"--device={device_type}",
                f"-b={args.batch}", f"--image-size={args.size}", "--epochs=1", f"--stop-step-num={steps}",
-               "--print-freq=1000000", "--workers=0", "--output-dir", args.workdir, *args.main_args.split()]
+               "--print-freq=1000000", "--workers=0", "--output-dir", args.workdir, "--overwrite",
+               *args.main_args.split()]
     print("$", " ".join(command), flush=True)
     start = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)

@@ -16,6 +16,8 @@ import copy
 import io
 import os
 import pickle
+import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from os import PathLike
@@ -25,16 +27,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .formats import atomic_write
+from .formats import WriteError, atomic_write
 
 __all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_module_prefix",
            "load_model_weights", "apply_state_dict", "save_checkpoint", "CHECKPOINT_NAME", "BEST_NAME",
            "TRAINING_KEYS", "plain_data", "save_training_checkpoint", "CheckpointWriter",
-           "load_training_checkpoint", "find_latest_checkpoint"]
+           "load_training_checkpoint", "find_latest_checkpoint", "prepare_output_dir", "earlier_run_files",
+           "remove_stale_temporaries", "optimizer_kind", "restore_optimizer"]
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
 TRAINING_KEYS = ("epoch", "state_dict", "best_acc1", "optimizer")
+# what atomic_write's temporaries of the two checkpoint files are called (a killed write leaves one behind)
+_STALE_TEMPORARY = re.compile(r"^\.(checkpoint|model_best)\.pth\.tar\.[A-Za-z0-9_]+\.tmp$")
+# the optimizer settings a resumed run takes from its own flags rather than from the checkpoint
+_OPTIMIZER_FLAGS = {"weight_decay": "--wd", "momentum": "--momentum"}
 
 
 class CheckpointError(ValueError):
@@ -147,10 +154,12 @@ def save_training_checkpoint(state: Mapping[str, Any], output_dir: str | PathLik
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
     data = buffer.getbuffer()
-    if is_best:  # written first, so that checkpoint.pth.tar is always the newest file
-        atomic_write(Path(output_dir) / BEST_NAME, data)
-    path = Path(output_dir) / CHECKPOINT_NAME
-    atomic_write(path, data)
+    # model_best first, so that checkpoint.pth.tar is always the newest file
+    for path in ([Path(output_dir) / BEST_NAME] if is_best else []) + [Path(output_dir) / CHECKPOINT_NAME]:
+        try:
+            atomic_write(path, data)
+        except OSError as exc:  # the file under this name is still the previous, complete one
+            raise WriteError.naming(path, exc) from None
     return path
 
 
@@ -187,6 +196,13 @@ class CheckpointWriter:
     def submit(self, state: Mapping[str, Any], output_dir: str | PathLike, is_best: bool) -> None:
         self.wait()
         self._pending = self._executor.submit(save_training_checkpoint, _snapshot(dict(state)), output_dir, is_best)
+
+    def check(self) -> None:
+        """Raise the error of the last submitted write if it has already failed (never waits), so that a run
+        stops at once rather than at the next :meth:`submit`."""
+        pending = self._pending
+        if pending is not None and pending.done() and pending.exception() is not None:
+            self.wait()
 
     def wait(self) -> Path | None:
         """Block until the last submitted checkpoint is on disk; return its path (None if nothing was pending)."""
@@ -231,3 +247,71 @@ def find_latest_checkpoint(output_dir: str | PathLike) -> Path | None:
     if not candidates:
         return None
     return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name == CHECKPOINT_NAME))
+
+
+def prepare_output_dir(path: str | PathLike) -> Path:
+    """Create ``path`` if needed and check that a file can be written in it, before any work starts.
+
+    Raises :class:`WriteError` naming the folder and the OS error (a path under a file, a read-only or full
+    file system).
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"0")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise WriteError(f"--output-dir {path}: cannot write there ({exc.strerror or exc})") from None
+    return folder
+
+
+def earlier_run_files(output_dir: str | PathLike) -> list[str]:
+    """The names of the training checkpoints (``checkpoint.pth.tar``, ``model_best.pth.tar``) already in
+    ``output_dir``: a new run there would replace them."""
+    return [name for name in (CHECKPOINT_NAME, BEST_NAME) if (Path(output_dir) / name).is_file()]
+
+
+def remove_stale_temporaries(output_dir: str | PathLike) -> list[Path]:
+    """Delete what killed checkpoint writes left in ``output_dir`` (``.checkpoint.pth.tar.<random>.tmp``,
+    each as large as a checkpoint) and return the paths; no other file is touched."""
+    folder = Path(output_dir)
+    stale = [Path(e.path) for e in os.scandir(folder) if e.is_file() and _STALE_TEMPORARY.match(e.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def optimizer_kind(param_groups: Iterable[Mapping[str, Any]]) -> str:
+    """``adamw`` or ``sgd`` (main.py's ``--optimizer`` values), told from an optimizer's parameter groups."""
+    return "adamw" if any("betas" in group for group in param_groups) else "sgd"
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], path: str | PathLike) -> list[str]:
+    """Load a checkpoint's optimizer state (moments, step counts) but keep this run's ``--wd`` and
+    ``--momentum``; return one ``"--wd 0.0005 (checkpoint: 0.0001)"`` entry per setting that differs.
+
+    Raises :class:`CheckpointError` when the checkpoint was trained with another ``--optimizer`` or its state
+    does not fit the trainable parameters of this run.
+    """
+    saved, current = optimizer_kind(state.get("param_groups", [])), optimizer_kind(optimizer.param_groups)
+    if saved != current:
+        raise CheckpointError(f"{path}: trained with --optimizer {saved}, so it cannot be resumed with --optimizer "
+                              f"{current} (the optimizer states differ); resume with --optimizer {saved}, or start "
+                              f"a new run (--overwrite or another --output-dir)")
+    wanted = [{key: group[key] for key in _OPTIMIZER_FLAGS if key in group} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: its optimizer state does not fit this run's trainable parameters "
+                              f"({exc})") from None
+    changes: list[str] = []
+    for group, values in zip(optimizer.param_groups, wanted):
+        for key, value in values.items():
+            if group[key] != value:
+                change = f"{_OPTIMIZER_FLAGS[key]} {value:g} (checkpoint: {group[key]:g})"
+                if change not in changes:
+                    changes.append(change)
+                group[key] = value
+    return changes

@@ -61,7 +61,8 @@ def cosine_lr(base_lr: float, epoch: int, step: int, steps_per_epoch: int, epoch
 # --------------------------------------------------------------------------------------------- faults ---
 
 class NonFiniteLossError(RuntimeError):
-    """The loss stayed NaN/inf too long (or the weights went non-finite); the run stops without saving."""
+    """The loss stayed NaN/inf too long, the loss scaler skipped too many steps in a row, or the weights went
+    non-finite; the run stops without saving."""
 
 
 class GracefulStop:
@@ -237,6 +238,7 @@ class EpochResult:
     images: int
     skipped_images: int
     nonfinite_steps: int
+    skipped_steps: int = 0  # steps the float16 loss scaler did not apply (inf/NaN gradients)
     stopped_by_signal: bool = False
     last_loss: float = float("nan")
     bad_paths: list[str] = field(default_factory=list)
@@ -247,21 +249,25 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                     scaler: torch.amp.GradScaler, lr_at: Callable[[int, int], float], ctx: DistContext,
                     config: TrainConfig, printer: Printer, split_size: int, start_step: int = 0,
                     num_steps: int | None = None, global_step: int = 0, max_steps: int | None = None,
-                    stop: GracefulStop | None = None, hooks: FaultHooks | None = None) -> EpochResult:
+                    stop: GracefulStop | None = None, hooks: FaultHooks | None = None,
+                    check: Callable[[], None] | None = None) -> EpochResult:
     """Train for one epoch (from ``start_step`` when resuming mid-epoch) and return all-rank metrics.
 
     Stops early, at a step boundary, after ``max_steps`` steps or when ``stop`` was signalled (all ranks
-    agree on it every ``print_freq`` steps). Raises :class:`NonFiniteLossError` when the loss has been
-    non-finite for ``config.max_nonfinite_steps`` consecutive steps, and ``DataError`` when more than 1% of
-    the split (``split_size`` images) is unreadable.
+    agree on it every ``print_freq`` steps). Raises :class:`NonFiniteLossError` when for
+    ``config.max_nonfinite_steps`` consecutive steps the loss was non-finite or the loss scaler skipped the
+    step (float16 gradients overflowed), and ``DataError`` when more than 1% of the split (``split_size``
+    images) is unreadable. ``check()`` runs after every step; what it raises (e.g. a failed checkpoint
+    write) ends the epoch at once.
     """
     model.train()
     hooks = hooks or FaultHooks()
     total = start_step + (num_steps if num_steps is not None else len(loader))
     batch_fmt = _batch_fmt(total)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    # [loss sum over finite steps, images of finite steps, top-1 hits, top-5 hits, non-finite steps]
-    stats = torch.zeros(5, device=device)
+    # [loss sum over finite steps, images of finite steps, top-1 hits, top-5 hits, non-finite steps,
+    #  steps skipped by the loss scaler]
+    stats = torch.zeros(6, device=device)
     streak = torch.zeros((), dtype=torch.long, device=device)
     last_step = stats
     loss = torch.zeros((), device=device)
@@ -303,6 +309,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
+        skipped = _skipped_by_scaler(scaler, optimizer, device)  # read before update() forgets it
         scaler.update()
 
         with torch.no_grad():
@@ -311,9 +318,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             batch = images.shape[0]
             top1_hits, top5_hits = correct_counts(output, target)
             last_step = torch.stack([torch.where(finite, value, 0.0) * batch, finite.float() * batch,
-                                     top1_hits.float(), top5_hits.float(), (~finite).float()])
+                                     top1_hits.float(), top5_hits.float(), (~finite).float(), skipped.float()])
             stats += last_step
-            streak = (streak + 1) * (~finite)
+            streak = (streak + 1) * (~finite | skipped)
         if profiler is not None:
             synchronize(device)
             profiler.__exit__(None, None, None)
@@ -323,6 +330,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         steps += 1
         global_step += 1
         images_seen += batch
+        if check is not None:
+            check()
         if steps in (1, FPS_WARMUP_STEPS):
             synchronize(device)
             marks[steps] = (time.perf_counter(), images_seen)
@@ -352,11 +361,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             all_reduce_sum(agreed, ctx)
             check_bad_fraction("train", int(agreed[2].item()), split_size, bad_paths)
             if agreed[1].item() > 0:
-                raise NonFiniteLossError(
-                    f"the loss has been non-finite (NaN/inf) for {config.max_nonfinite_steps} or more consecutive "
-                    f"steps (epoch {epoch}, step {i}); stopping without saving, so the last checkpoint written is "
-                    f"left as it was. Try a lower --lr, --loss-scale-value dynamic, or --warmup-epochs "
-                    f"(--max-nonfinite-steps sets the limit).")
+                raise NonFiniteLossError(_too_many_bad_steps(config.max_nonfinite_steps, epoch, i,
+                                                             loss_finite=bool(finite.item())))
             if agreed[0].item() > 0:
                 stopped = True
                 break
@@ -371,25 +377,50 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     totals = torch.cat([stats, torch.tensor([float(images_seen), float(len(bad_paths)), local_rate],
                                             device=device)])
     all_reduce_sum(totals, ctx)
-    loss_sum, finite_images, top1, top5, nonfinite, images_all, bad_all, rate = totals.tolist()
+    loss_sum, finite_images, top1, top5, nonfinite, skipped_all, images_all, bad_all, rate = totals.tolist()
     check_bad_fraction("train", int(bad_all), split_size, bad_paths)
     result = EpochResult(
         loss=loss_sum / finite_images if finite_images else float("nan"),
-        top1=100.0 * top1 / images_all if images_all else 0.0,
-        top5=100.0 * top5 / images_all if images_all else 0.0,
+        top1=100.0 * top1 / images_all if images_all else float("nan"),
+        top5=100.0 * top5 / images_all if images_all else float("nan"),
         images_per_second=rate,  # every rank runs the same steps, so the global rate is the sum
         seconds=finish - start, steps=steps, images=int(images_all), skipped_images=int(bad_all),
-        nonfinite_steps=int(nonfinite), stopped_by_signal=stopped,
+        nonfinite_steps=int(nonfinite), skipped_steps=int(skipped_all) // max(1, ctx.world_size),
+        stopped_by_signal=stopped,
         last_loss=float(loss.detach().float().item()) if steps else float("nan"), bad_paths=bad_paths)
-    printer.line(f"{printer.npu_id} * FPS@all {result.images_per_second:.3f}")
+    if steps:  # a resumed epoch whose steps were all done before has no rate to report
+        printer.line(f"{printer.npu_id} * FPS@all {result.images_per_second:.3f}")
     return result
+
+
+def _skipped_by_scaler(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
+                       device: torch.device) -> torch.Tensor:
+    """Whether ``scaler.step(optimizer)`` just skipped the step (inf/NaN in the unscaled float16 gradients),
+    as a device bool tensor; the scale alone cannot tell, since a static scale never moves."""
+    found = scaler._found_inf_per_device(optimizer) if scaler.is_enabled() else {}  # filled by step()
+    if not found:
+        return torch.zeros((), dtype=torch.bool, device=device)
+    return sum(f.to(device) for f in found.values()) > 0
+
+
+def _too_many_bad_steps(limit: int, epoch: int, step: int, *, loss_finite: bool) -> str:
+    """The one-line reason a run stops after ``limit`` consecutive steps that changed nothing."""
+    if loss_finite:
+        what = (f"the loss scaler has skipped {limit} or more consecutive steps because their float16 gradients "
+                f"overflowed (inf/NaN) although the loss was finite")
+        advice = "Try a smaller --loss-scale-value (or 'dynamic'), or a lower --lr"
+    else:
+        what = f"the loss has been non-finite (NaN/inf) for {limit} or more consecutive steps"
+        advice = "Try a lower --lr, --loss-scale-value dynamic, or --warmup-epochs"
+    return (f"{what} (epoch {epoch}, step {step}); stopping without saving, so the last checkpoint written is left "
+            f"as it was. {advice} (--max-nonfinite-steps sets the limit).")
 
 
 # ------------------------------------------------------------------------------------------- validate ---
 
 @dataclass
 class EvalResult:
-    """Global (all-rank) validation metrics; every val image counted exactly once."""
+    """Global (all-rank) validation metrics; every val image counted exactly once (unless ``stopped``)."""
 
     loss: float
     top1: float
@@ -397,13 +428,19 @@ class EvalResult:
     images: int
     skipped_images: int
     seconds: float
+    stopped: bool = False  # a stop request cut the pass short (on any rank): the figures cover part of the set
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, device: torch.device, *,
              precision: Precision, ctx: DistContext, printer: Printer, print_freq: int, split_size: int,
-             channels_last: bool = False) -> EvalResult:
-    """Validate on this rank's shard, then sum hits, loss and counts over ranks for global top-1/top-5."""
+             channels_last: bool = False, stop: GracefulStop | None = None) -> EvalResult:
+    """Validate on this rank's shard, then sum hits, loss and counts over ranks for global top-1/top-5.
+
+    A ``stop`` request ends the pass at the next batch boundary (each rank on its own, so that a launcher's
+    kill grace period is not spent validating); the result is then marked ``stopped`` on every rank and
+    prints no ``[AVG-ACC]`` line.
+    """
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     stats = torch.zeros(4, device=device)  # loss sum, images, top-1 hits, top-5 hits
@@ -411,7 +448,11 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, device: t
     num_batches = len(loader)
     batch_fmt = _batch_fmt(num_batches)
     start = last = time.perf_counter()
+    stopped = False
     for i, (images, target, bad) in enumerate(printer.bar(loader, num_batches, "validate")):
+        if stop is not None and stop.requested:
+            stopped = True
+            break
         for item in bad:
             printer.warn(f"unreadable val image left out: {item}")
         bad_paths.extend(bad)
@@ -438,10 +479,14 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, device: t
                 _meter("Acc@5", 100.0 * current[3] / batch, 100.0 * values[3] / values[1], "6.2f"),
             ]))
             last = now
-    totals = torch.cat([stats, torch.tensor([float(len(bad_paths))], device=device)])
+    totals = torch.cat([stats, torch.tensor([float(len(bad_paths)), float(stopped)], device=device)])
     all_reduce_sum(totals, ctx)
-    loss_sum, images, top1, top5, bad_all = totals.tolist()
+    loss_sum, images, top1, top5, bad_all, stopped_ranks = totals.tolist()
     check_bad_fraction("val", int(bad_all), split_size, bad_paths)
+    if stopped_ranks:
+        printer.line(f"=> validation stopped by a signal after {int(images)} images; not counted")
+        nan = float("nan")
+        return EvalResult(nan, nan, nan, int(images), int(bad_all), time.perf_counter() - start, stopped=True)
     if images == 0:
         raise ValueError("validation saw no readable image")
     result = EvalResult(loss_sum / images, 100.0 * top1 / images, 100.0 * top5 / images, int(images),

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "FormatError", "atomic_write",
+    "FormatError", "WriteError", "atomic_write",
     "bin_file_name", "write_bin", "read_bin", "bin_from_bytes", "bin_nbytes",
     "InfoEntry", "write_info", "read_info",
     "DUMP_SUFFIX", "dump_file_name", "write_dump", "read_dump", "image_name_of_dump", "list_dumps",
@@ -41,6 +41,17 @@ __all__ = [
 
 class FormatError(ValueError):
     """A file that does not follow its format; the message names the file (and line) and the problem."""
+
+
+class WriteError(OSError):
+    """A file that could not be written (disk full, read-only folder, a path under a file): one line naming
+    the file and the OS error (an OS write error often names no file, or only a temporary one)."""
+
+    @classmethod
+    def naming(cls, path: str | PathLike, error: OSError) -> "WriteError":
+        if isinstance(error, FileExistsError) and error.filename:  # making the folders failed
+            return cls(f"{path}: cannot write ({error.filename} is a file, not a folder)")
+        return cls(f"{path}: cannot write ({error.strerror or error})")
 
 
 # ----------------------------------------------------------------------------------------------- writing

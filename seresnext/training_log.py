@@ -15,7 +15,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from .formats import atomic_write
+from .formats import WriteError, atomic_write
 
 __all__ = ["LOG_NAME", "PLOT_NAME", "append_record", "read_records", "drop_records_from", "plot_curves"]
 
@@ -30,11 +30,14 @@ def _clean(value: Any) -> Any:
 
 
 def append_record(path: str | PathLike, record: Mapping[str, Any]) -> None:
-    """Append one epoch's record as a JSON line."""
+    """Append one epoch's record as a JSON line (a failed write raises :class:`WriteError` naming the file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+    except OSError as exc:
+        raise WriteError.naming(path, exc) from None
 
 
 def read_records(path: str | PathLike) -> list[dict[str, Any]]:
@@ -57,7 +60,10 @@ def drop_records_from(path: str | PathLike, epoch: int) -> None:
     kept = [r for r in records if r.get("epoch", -1) < epoch]
     if len(kept) != len(records):
         text = "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8")
-        atomic_write(path, text)
+        try:
+            atomic_write(path, text)
+        except OSError as exc:
+            raise WriteError.naming(path, exc) from None
 
 
 def plot_curves(records: Sequence[Mapping[str, Any]], png_path: str | PathLike) -> Path | None:

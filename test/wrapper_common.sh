@@ -10,7 +10,8 @@
 # unchanged (e.g. --label-smoothing=0.1, --warmup-epochs=2, --stop-step-num=100).
 # Writes test/output/<device id>/train_<device id>.log (main.py's output), <CaseName>.log (key = value
 # summary) and train_<CaseName>_loss.txt; checkpoints go to --output_dir (default: the repository root, as
-# upstream).
+# upstream). A training case starts a new run there, as upstream, replacing an earlier run's checkpoints
+# (main.py --overwrite) unless --resume=FILE or --auto-resume is passed.
 
 data_path=""
 device_id=${device_id:-0}
@@ -125,7 +126,11 @@ fi
 # probes the CPU and says which in its "=> precision:" line).
 cmd+=(--amp --opt-level "O2" --eval-freq 1 --loss-scale-value 16 --output-dir "${output_dir}")
 if [ -n "${image_size}" ]; then cmd+=(--image-size "${image_size}"); fi
-if [ "${evaluate}" == "true" ]; then cmd+=(--resume="${output_dir}/model_best.pth.tar" --evaluate); fi
+if [ "${evaluate}" == "true" ]; then
+    cmd+=(--resume="${output_dir}/model_best.pth.tar" --evaluate)
+elif [[ ! " ${extra_args[*]} " =~ \ --(resume|auto-resume) ]]; then
+    cmd+=(--overwrite)  # a new run, as upstream's wrappers started
+fi
 cmd+=("${extra_args[@]}")
 
 echo "${Network}: ${case_suffix} run on ${device} x ${RANK_SIZE}, log ${log}"

@@ -88,3 +88,53 @@ def test_validation_counts_every_image_and_prints_avg_acc(capsys):
     out = capsys.readouterr().out
     assert re.search(r"^Test: \[0/4\]\tTime +[\d.]+ \( *[\d.]+\)\tLoss \d\.\d{4}e[+-]\d\d", out, re.M)
     assert f"[npu id: 0 ] [AVG-ACC] * Acc@1 {result.top1:.3f} Acc@5 {result.top5:.3f}" in out
+
+
+def test_float16_overflow_with_a_finite_loss_counts_skipped_steps(capsys):
+    """A static scale far too large (upstream's static loss scaling) overflows the float16 gradients while the
+    loss stays finite: the scaler skips every step, and the epoch result says so."""
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    result, scaler = run_epoch(model, batches(4), Precision("cpu", torch.float16, 2.0 ** 100))
+    assert result.skipped_steps == 4 and result.nonfinite_steps == 0 and math.isfinite(result.loss)
+    assert scaler.get_scale() == 2.0 ** 100 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    result, _ = run_epoch(tiny_model(), batches(4), Precision("cpu", torch.float16, 16.0))
+    assert result.skipped_steps == 0
+
+
+def test_steps_skipped_in_a_row_by_the_loss_scaler_stop_the_run(capsys):
+    with pytest.raises(NonFiniteLossError, match=r"the loss scaler has skipped 3 or more consecutive steps because "
+                                                 r"their float16 gradients overflowed .* \(epoch 0, step 2\).*"
+                                                 r"smaller --loss-scale-value"):
+        run_epoch(tiny_model(), batches(10), Precision("cpu", torch.float16, 2.0 ** 100), max_nonfinite=3)
+
+
+def test_a_failing_check_ends_the_epoch_after_that_step(capsys):
+    """What ``check`` raises (main.py: a checkpoint write that failed in the background) stops training at once."""
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("out/checkpoint.pth.tar: cannot write (No space left on device)")
+
+    optimizer = torch.optim.SGD(tiny_model().parameters(), lr=0.1)
+    with pytest.raises(OSError, match="No space left"):
+        train_one_epoch(tiny_model(), nn.CrossEntropyLoss(), optimizer, batches(6), torch.device("cpu"), 0,
+                        precision=Precision("cpu"), scaler=Precision("cpu").make_scaler(), lr_at=lambda e, s: 0.1,
+                        ctx=DistContext(), config=TrainConfig(print_freq=1), printer=Printer(DistContext()),
+                        split_size=100, check=check)
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch:")]
+    assert len(calls) == 2 and len(progress) == 1  # step 1's line is printed after its check
+
+
+def test_stop_request_ends_validation_at_a_batch_boundary(capsys):
+    with GracefulStop() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        result = evaluate(tiny_model(), nn.CrossEntropyLoss(), batches(4), torch.device("cpu"),
+                          precision=Precision("cpu"), ctx=DistContext(), printer=Printer(DistContext()),
+                          print_freq=1, split_size=100, stop=stop)
+    assert result.stopped and result.images == 0 and math.isnan(result.top1)
+    out = capsys.readouterr().out
+    assert "Test: [" not in out and "[AVG-ACC]" not in out
+    assert "=> validation stopped by a signal after 0 images; not counted" in out

@@ -2,6 +2,7 @@
 fine-tuning, evaluation, logs."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,3 +205,160 @@ def test_synthetic_run_on_a_terminal_shows_a_progress_bar(tmp_path):
     assert f"=> precision: {expected}" in out and "FPS@all" in out and "stopped after --stop-step-num 2" in out
     record = json.loads((tmp_path / "train_log.jsonl").read_text())
     assert record["steps"] == 2 and record["val_top1"] is not None
+
+
+def main_errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip()]
+
+
+def test_a_new_run_refuses_a_folder_that_holds_an_earlier_runs_checkpoints(dataset, straight, tmp_path, capsys,
+                                                                           monkeypatch):
+    files = [straight / "checkpoint.pth.tar", straight / "model_best.pth.tar"]
+    stamps = [p.stat().st_mtime_ns for p in files]
+    assert run_main(["--data_path", dataset, "--output-dir", straight, "--epochs", 1, *TINY]) == 1
+    captured = capsys.readouterr()
+    assert main_errors(captured.err) == [
+        f"main.py: error: --output-dir {straight} already holds checkpoint.pth.tar and model_best.pth.tar of an "
+        f"earlier run; continue that run with --auto-resume (or --resume FILE), start a new one over it with "
+        f"--overwrite, or choose another --output-dir"]
+    assert "Epoch: [" not in captured.out and [p.stat().st_mtime_ns for p in files] == stamps
+    # upstream's defaults: --pretrained reads ./model_best.pth.tar and the checkpoints go to . as well
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model_best.pth.tar").symlink_to(straight / "model_best.pth.tar")
+    assert run_main(["--data_path", dataset, "--pretrained", *TINY]) == 1
+    assert "--output-dir . already holds model_best.pth.tar of an earlier run" in capsys.readouterr().err
+    # --overwrite starts the new run, whose first validation replaces model_best whatever its top-1
+    assert run_main(["--data_path", dataset, "--pretrained", "--overwrite", "--epochs", 1, "--stop-step-num", 1,
+                     *TINY]) == 0
+    best = tmp_path / "model_best.pth.tar"
+    assert not best.is_symlink() and load(best)["args"]["overwrite"] is True
+    assert (straight / "model_best.pth.tar").stat().st_mtime_ns == stamps[1]
+
+
+def test_pretrained_with_evaluate_scores_the_files_own_classifier(dataset, straight, tmp_path, capsys):
+    best = straight / "model_best.pth.tar"
+    assert run_main(["--data_path", dataset, "--resume", best, "--evaluate", *TINY]) == 0
+
+    def figures(out: str) -> list[str]:
+        return [line for line in out.splitlines() if "[AVG-ACC]" in line or "validation loss" in line]
+    by_resume = figures(capsys.readouterr().out)
+    assert run_main(["--data_path", dataset, "--pretrained", best, "--evaluate", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert f"=> evaluating '{best}' as it is (last_linear included)" in out and "fine-tuning" not in out
+    assert figures(out) == by_resume and len(by_resume) == 2
+    assert run_main(["--data_path", dataset, "--pretrained", best, "--evaluate", "--num-classes", 5, *TINY]) == 1
+    err = main_errors(capsys.readouterr().err)
+    assert len(err) == 1 and "mis-shaped keys: last_linear.weight (file (4, 2048), model (5, 2048))" in err[0]
+    assert err[0].endswith("--pretrained with --evaluate scores the file's own last_linear, so its classes must be "
+                           "the 5 of this run")
+
+
+def test_an_output_dir_that_cannot_be_written_fails_before_any_work(dataset, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert run_main(["--data_path", dataset, "--output-dir", blocker / "out", "--epochs", 1, *TINY]) == 1
+    captured = capsys.readouterr()
+    assert main_errors(captured.err) == [f"main.py: error: --output-dir {blocker / 'out'}: cannot write there "
+                                         f"(Not a directory)"]
+    assert "Use CPU" not in captured.out
+
+
+def test_a_checkpoint_write_failing_mid_run_stops_it_with_one_line_and_keeps_the_last_good_one(
+        dataset, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from seresnext import checkpoint
+    real_write, calls = checkpoint.atomic_write, []
+
+    def disk_full_after_epoch_0(path, data, **kwargs):  # epoch 0 writes model_best and checkpoint
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", disk_full_after_epoch_0)
+    assert run_main(["--data_path", dataset, "--output-dir", tmp_path, "--epochs", 4, *TINY]) == 1
+    captured = capsys.readouterr()
+    err = main_errors(captured.err)
+    assert len(err) == 1 and re.fullmatch(rf"main.py: error: {tmp_path}/(model_best|checkpoint)\.pth\.tar: cannot "
+                                          rf"write \(No space left on device\)", err[0]), err
+    assert "Epoch: [2]" not in captured.out  # stopped in epoch 1, at the latest when its checkpoint was due
+    ckpt = load(tmp_path / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2
+
+
+def test_steps_skipped_by_the_float16_loss_scaler_are_counted_in_the_summary_and_the_log(dataset, tmp_path, capsys):
+    """float16 autocast on cpu (slow, so one step at 16 px) with a static loss scale that overflows."""
+    assert run_main(["--data_path", dataset, "--output-dir", tmp_path, "--epochs", 1, "--stop-step-num", 1,
+                     "--amp-dtype", "float16", "--loss-scale-value", 2.0 ** 100, *TINY, "--image-size", 16,
+                     "--val-resize-size", 16]) == 0
+    assert "0 non-finite step(s), 1 step(s) skipped by the loss scaler" in capsys.readouterr().out
+    record = json.loads((tmp_path / "train_log.jsonl").read_text())
+    assert (record["skipped_steps"], record["nonfinite_steps"]) == (1, 0)
+
+
+@pytest.fixture(scope="module")
+def wide_val(tmp_path_factory):
+    """64 val images: 8 validation batches of 8, time enough to signal a run in the middle of them."""
+    return make_image_folder(tmp_path_factory.mktemp("data") / "w", classes=4, train=4, val=16)
+
+
+def test_sigterm_during_validation_stops_it_and_the_checkpoint_resumes_at_the_validation(wide_val, tmp_path,
+                                                                                          capsys):
+    cmd = [sys.executable, "main.py", "--data_path", wide_val, "--output-dir", tmp_path / "cut", "--epochs", 1,
+           *TINY]
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Test: [0/8]"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=120) == 143, out + proc.stderr.read()
+    assert "Test: [7/8]" not in out and "[AVG-ACC]" not in out and "=> validation stopped by a signal after" in out
+    assert "(epoch 0, step 2, its validation still to run); continue with --resume or --auto-resume" in out
+    ckpt = load(tmp_path / "cut" / "checkpoint.pth.tar")
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["global_step"]) == (0, 2, 2)
+
+    assert run_main(["--data_path", wide_val, "--output-dir", tmp_path / "cut", "--epochs", 1, "--auto-resume",
+                     *TINY]) == 0
+    resumed = capsys.readouterr().out.split("=> loaded checkpoint")[1]
+    assert "Epoch: [0][" not in resumed and "FPS@all" not in resumed and "[AVG-ACC]" in resumed
+    assert run_main(["--data_path", wide_val, "--output-dir", tmp_path / "straight", "--epochs", 1, *TINY]) == 0
+    for name in ("checkpoint.pth.tar", "model_best.pth.tar"):
+        assert same_weights(load(tmp_path / "cut" / name)["state_dict"],
+                            load(tmp_path / "straight" / name)["state_dict"]) == []
+    logs = [json.loads((tmp_path / run / "train_log.jsonl").read_text()) for run in ("cut", "straight")]
+    assert [(r["epoch"], r["val_top1"], r["val_loss"]) for r in logs][0] == \
+        [(r["epoch"], r["val_top1"], r["val_loss"]) for r in logs][1]
+
+
+def test_temporaries_of_killed_checkpoint_writes_are_removed_at_start(dataset, tmp_path, capsys):
+    stale = [tmp_path / ".checkpoint.pth.tar.k2j4h5l1.tmp", tmp_path / ".model_best.pth.tar.abc_1234.tmp"]
+    kept = [tmp_path / "notes.tmp", tmp_path / ".other.pth.tar.abc.tmp", tmp_path / ".checkpoint.pth.tar"]
+    for path in stale + kept:
+        path.write_bytes(b"x" * 1000)
+    assert run_main(["--data_path", dataset, "--output-dir", tmp_path, "--epochs", 3, "--stop-step-num", 1,
+                     "--eval-freq", 5, *TINY]) == 0
+    assert f"=> removed 2 temporary file(s) that interrupted checkpoint writes left in '{tmp_path}'" in \
+        capsys.readouterr().out
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+def test_resume_refuses_another_optimizer_and_applies_changed_settings_in_one_line(dataset, straight, tmp_path,
+                                                                                    capsys):
+    saved = straight / "checkpoint.pth.tar"  # SGD, lr 0.01, momentum 0.9, wd 1e-4, 2 of 3 epochs done
+    assert run_main(["--data_path", dataset, "--output-dir", tmp_path, "--epochs", 3, "--resume", saved,
+                     "--optimizer", "adamw", *TINY]) == 1
+    err = main_errors(capsys.readouterr().err)
+    assert err == [f"main.py: error: {saved}: trained with --optimizer sgd, so it cannot be resumed with --optimizer "
+                   f"adamw (the optimizer states differ); resume with --optimizer sgd, or start a new run "
+                   f"(--overwrite or another --output-dir)"]
+    assert run_main(["--data_path", dataset, "--output-dir", tmp_path, "--epochs", 3, "--resume", saved,
+                     "--stop-step-num", 1, *TINY, "--lr", 0.02, "--wd", 5e-4, "--momentum", 0.8]) == 0
+    assert ("=> resuming with changed settings, applied from here on: --lr 0.02 (checkpoint: 0.01), --wd 0.0005 "
+            "(checkpoint: 0.0001), --momentum 0.8 (checkpoint: 0.9)") in capsys.readouterr().out
+    group = load(tmp_path / "checkpoint.pth.tar")["optimizer"]["param_groups"][0]
+    assert (group["weight_decay"], group["momentum"]) == (5e-4, 0.8)

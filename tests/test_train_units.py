@@ -9,9 +9,11 @@ import torch
 
 import main
 from seresnext import data
-from seresnext.checkpoint import CheckpointWriter, find_latest_checkpoint, plain_data, save_training_checkpoint
+from seresnext.checkpoint import (CheckpointError, CheckpointWriter, find_latest_checkpoint, plain_data,
+                                  prepare_output_dir, restore_optimizer, save_training_checkpoint)
 from seresnext import devices
 from seresnext.devices import BFloat16Probe, Precision, StaticGradScaler, resolve_precision
+from seresnext.training_log import append_record
 from seresnext.engine import cosine_lr, steady_state_window
 from train_utils import corrupt, make_image_folder, python, run_main, run_script
 
@@ -291,3 +293,43 @@ def test_background_checkpoint_holds_the_state_at_submit_and_reports_a_failed_wr
         with CheckpointWriter() as writer:
             writer.submit({"epoch": 3, "state_dict": {}}, blocker, is_best=False)
             raise RuntimeError("non-finite loss")
+
+
+def test_failed_writes_name_the_file_and_the_checkpoint_writer_reports_them_without_waiting(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match=r"^--output-dir .*a_file/out: cannot write there \(Not a directory\)$"):
+        prepare_output_dir(blocker / "out")
+    assert prepare_output_dir(tmp_path / "new" / "out").is_dir() and not list((tmp_path / "new" / "out").iterdir())
+    with pytest.raises(OSError, match=r"^.*a_file/train_log.jsonl: cannot write \(.*a_file is a file, not a folder\)$"):
+        append_record(blocker / "train_log.jsonl", {"epoch": 0})
+    writer = CheckpointWriter()
+    writer.check()  # nothing submitted: nothing to report
+    writer.submit({"epoch": 2, "state_dict": {}}, blocker, is_best=False)
+    deadline = time.monotonic() + 60
+    while writer._pending is not None and not writer._pending.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(OSError, match=r"a_file/checkpoint.pth.tar: cannot write \(.*a_file is a file, not a folder\)$"):
+        writer.check()
+    writer.close()  # the error was reported once
+
+
+def test_resumed_optimizer_keeps_its_moments_and_takes_this_runs_weight_decay_and_momentum(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    saved = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    model(torch.ones(1, 3)).sum().backward()
+    saved.step()
+    state = saved.state_dict()
+    same = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4)
+    assert restore_optimizer(same, state, "c.pth.tar") == []
+    changed = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.8, weight_decay=5e-4)
+    assert restore_optimizer(changed, state, "c.pth.tar") == ["--wd 0.0005 (checkpoint: 0.0001)",
+                                                               "--momentum 0.8 (checkpoint: 0.9)"]
+    group = changed.param_groups[0]
+    assert (group["weight_decay"], group["momentum"]) == (5e-4, 0.8)
+    assert torch.equal(changed.state_dict()["state"][0]["momentum_buffer"], state["state"][0]["momentum_buffer"])
+    with pytest.raises(CheckpointError, match=r"^c.pth.tar: trained with --optimizer sgd, so it cannot be resumed "
+                                              r"with --optimizer adamw"):
+        restore_optimizer(torch.optim.AdamW(model.parameters()), state, "c.pth.tar")
+    with pytest.raises(CheckpointError, match=r"^c.pth.tar: its optimizer state does not fit"):
+        restore_optimizer(torch.optim.SGD([model.weight], lr=0.1, momentum=0.9), state, "c.pth.tar")

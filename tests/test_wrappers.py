@@ -2,6 +2,7 @@
 import re
 
 import pytest
+import torch
 
 from train_utils import ROOT, make_image_folder, run_main, run_script
 
@@ -49,6 +50,11 @@ def test_full_1p_prints_upstreams_summary_and_case_log(dataset, tmp_path):
     assert ("=> precision: float32 (--amp: this CPU has no native bfloat16; bfloat16 would be emulated and slower"
             in log and "--device cpu" in log)
     assert (tmp_path / "model_best.pth.tar").is_file()
+    # a rerun into the same folder starts a new run there, as upstream's wrappers did
+    result = run_script(["bash", "test/train_full_1p.sh", f"--data_path={dataset}", f"--output_dir={tmp_path}",
+                         *QUICK, "--stop-step-num=1"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)["args"]["overwrite"] is True
 
 
 def test_8p_on_cpu_runs_two_processes_and_reduces_validation(dataset, tmp_path, capsys):
