@@ -459,9 +459,10 @@ def run_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, b
 
 def spawned_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None,
                    precision: Precision) -> None:
-    """Entry point of a process started by ``--multiprocessing-distributed``; the launcher reports signals."""
+    """Entry point of a process started by ``--multiprocessing-distributed``: exits with the worker's status
+    (130 / 143 after a signal), which the launcher passes on."""
     status = run_worker(process_index, args, plan, backend, precision)
-    if 0 < status < 128:
+    if status:
         sys.exit(status)
 
 

@@ -231,12 +231,19 @@ def is_peer_failure(exc: BaseException) -> bool:
                                       "NCCL communicator was aborted", "HCCL"))
 
 
+SPAWN_GRACE_SECONDS = 30
+"""When one spawned worker has exited with a non-zero status, how long the others get to finish on their own
+(e.g. rank 0 writing the checkpoint of an interrupted run) before they are terminated."""
+
+
 def spawn_workers(fn: Callable[..., None], nprocs: int, args: Sequence) -> int:
     """Run ``fn(process_index, *args)`` in ``nprocs`` spawned processes and return an exit status.
 
     SIGINT/SIGTERM sent to this launcher are passed on to the workers as SIGTERM, so they can save a
-    resumable checkpoint; the launcher then exits with 128 + the signal number. Workers print their own
-    errors, so a failed worker gives exit status 1 here without another traceback.
+    resumable checkpoint; the launcher then exits with 128 + the signal number. A worker that stops for a
+    signal of its own exits with 128 + its number (all workers stop together), and that status is returned,
+    so an interrupted run never exits 0. Workers print their own errors, so a failed worker gives its exit
+    status here (1 for an error) without another traceback.
     """
     context = mp.start_processes(fn, args=tuple(args), nprocs=nprocs, join=False, start_method="spawn")
     received: list[int] = []
@@ -249,7 +256,9 @@ def spawn_workers(fn: Callable[..., None], nprocs: int, args: Sequence) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not context.join():
+        grace = {"grace_period": SPAWN_GRACE_SECONDS} if "grace_period" in inspect.signature(context.join).parameters \
+            else {}  # older torch terminates the others at once
+        while not context.join(**grace):
             pass
         status = 0
     except mp.ProcessExitedException as exc:

@@ -1,5 +1,8 @@
 """Multi-process training: launch plans, backend choice, and a torchrun job that survives a killed worker."""
 import os
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import torch.multiprocessing as mp
 
 from seresnext.devices import Precision
 from seresnext.distributed import DistContext, agree_on_precision, choose_backend, plan_launch
-from train_utils import TINY, load, make_image_folder, run_script
+from train_utils import ROOT, TINY, load, make_image_folder, run_script
 
 
 def test_launch_plans_follow_upstream_flags_and_torchrun():
@@ -70,3 +73,35 @@ def test_torchrun_job_with_a_killed_worker_restarts_and_finishes(tmp_path):
     assert "over 12 images (2 process(es)" in log
     assert "Traceback" not in log.split("=> loaded checkpoint")[1]
     assert os.path.isfile(out / "train_curves.png")
+
+
+def spawned_workers(launcher: int) -> list[int]:
+    """The process ids of the workers ``--multiprocessing-distributed`` started, in rank order."""
+    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    return sorted(int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
+def test_spawned_run_with_one_worker_signalled_saves_and_exits_non_zero(tmp_path):
+    """A SIGTERM to one worker only (a scheduler, the OOM killer's warning): all ranks stop together, rank 0
+    saves a resumable checkpoint, and the launcher exits 143, as a 1-process run does."""
+    data = make_image_folder(tmp_path / "d", classes=4, train=4, val=3)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "main.py", "--data_path", data, "--output-dir", tmp_path / "out", "--epochs", 3, *TINY,
+           "--multiprocessing-distributed", "--device-list", "0,1", "--world-size", 1, "--rank", 0,
+           "--addr", "127.0.0.1", "--port", port]
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Epoch: [0][0/2]"):
+            os.kill(spawned_workers(proc.pid)[-1], signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=300) == 143, out[-3000:]
+    assert "=> interrupted by a signal on another rank: saved a resumable checkpoint" in out
+    assert "Traceback" not in out and "Final" not in out
+    ckpt = load(tmp_path / "out" / "checkpoint.pth.tar")
+    assert 1 <= ckpt["global_step"] < 6
