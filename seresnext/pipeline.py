@@ -4,7 +4,8 @@ Every stage runs the same command a user would type from the README (``test/trai
 ``seresnext50_pth2onnx.py``, ``preprocess_se_resnext50_32x4d_pth.py``, ``get_info.py``,
 ``se_resnext50_32x4d_atc.sh``, ``benchmark.py``, ``vision_metric_ImageNet.py``), so the job is a check that
 the documented chain works. A stage that finished leaves a stamp in ``<work>/.done/``; running the job
-again skips it (``--force`` reruns everything, ``--from STAGE`` reruns from a stage on).
+again skips it (``--force`` reruns everything, ``--from STAGE`` reruns from a stage on). Ctrl-C stops the job
+with one line; the training stage of the next run continues from the checkpoint the interrupted one saved.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import json
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -66,17 +68,33 @@ def say(message: str) -> None:
 
 
 def run(stage: str, command: list[str], log: Path) -> str:
-    """Run one command, streaming its output to the terminal and to ``log``; raise StageError on failure."""
+    """Run one command, streaming its output to the terminal and to ``log``; raise StageError on failure.
+
+    On Ctrl-C the command gets SIGINT too and is waited for (main.py saves its checkpoint), its last output
+    goes to ``log`` only, and KeyboardInterrupt is raised again.
+    """
     say(f"{stage}: $ {' '.join(shlex.quote(str(c)) for c in command)}")
     log.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     with open(log, "w") as sink:
         process = subprocess.Popen([str(c) for c in command], cwd=ROOT, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in process.stdout:
-            sink.write(line)
-            lines.append(line)
-            print("    " + line, end="", flush=True)
+        try:
+            for line in process.stdout:
+                sink.write(line)
+                lines.append(line)
+                print("    " + line, end="", flush=True)
+        except KeyboardInterrupt:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # a terminal sent it already; a `kill -INT` did not
+            while True:
+                try:
+                    sink.write(process.stdout.read())
+                    process.wait()
+                    break
+                except KeyboardInterrupt:  # a second Ctrl-C: the command is still saving its work
+                    continue
+            raise
         status = process.wait()
     if status != 0:
         raise StageError(f"stage '{stage}' failed (exit {status}); its output is in {log}")
@@ -90,6 +108,24 @@ def stage_data(job: Job) -> None:
         job.path("logs", "data.log"))
 
 
+def interrupted_training(folder: Path, epochs: int | None) -> str | None:
+    """Where the main.py run that saved ``folder/checkpoint.pth.tar`` stopped (``"epoch E, step S"``), when it
+    stopped before the end of its ``epochs`` (None: this recipe's, whatever they are); None otherwise."""
+    path = folder / "checkpoint.pth.tar"
+    if not path.is_file():
+        return None
+    import torch
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        epoch, step = int(state["epoch"]), int(state.get("epoch_step", 0))
+        planned = int(state["args"]["epochs"])
+    except Exception:  # not a checkpoint this job can continue: the run starts again
+        return None
+    if (epochs is not None and planned != epochs) or (epoch >= planned and step == 0):
+        return None
+    return f"epoch {epoch}, step {step}"
+
+
 def stage_train(job: Job) -> None:
     recipe = job.recipe
     command = ["bash", "test/train_full_1p.sh", f"--data_path={job.data}", f"--output_dir={job.path('train')}",
@@ -99,6 +135,10 @@ def stage_train(job: Job) -> None:
         if recipe[key] is not None:
             command.append(f"{flag}={recipe[key]}")
     command += recipe["extra"]
+    stopped_at = interrupted_training(job.path("train"), recipe["epochs"])
+    if stopped_at:  # otherwise the wrapper starts a new run over an earlier one
+        say(f"train: continuing the interrupted run from its checkpoint ({stopped_at})")
+        command.append("--auto-resume")
     output = run("train", command, job.path("logs", "train.log"))
     found = {k: re.findall(pattern, output) for k, pattern in
              (("fps", r"Final Performance images/sec : ([0-9.]+)"), ("acc1", r"Final Train Accuracy : ([0-9.]+)"))}
@@ -274,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StageError, OSError, ValueError, KeyError) as exc:
         say(f"error: {exc}")
         return 1
+    except KeyboardInterrupt:
+        say("interrupted; run it again to continue")
+        return 130
     print(text)
     say(f"total {time.perf_counter() - started:.0f} s")
     floor = args.min_top1 if args.min_top1 is not None else (90.0 if sample else None)
