@@ -2,7 +2,8 @@
 
 Formats (upstream's, byte for byte where upstream defined the bytes):
 
-* ``.bin`` input tensors: raw float32, CHW, no header (602,112 bytes for 3x224x224).
+* ``.bin`` input tensors: raw float32, CHW, no header (602,112 bytes for 3x224x224); beside them in their
+  folder, ``.preprocess_settings.json`` records the settings that wrote them (ours, not upstream's).
 * ``.info`` dataset lists: ``index path width height`` per line.
 * dump files: ``<image name>_1.txt`` (one line, the logits space separated) or ``<image name>_1.bin``
   (raw float32).
@@ -30,6 +31,7 @@ import numpy as np
 __all__ = [
     "FormatError", "WriteError", "atomic_write",
     "bin_file_name", "write_bin", "read_bin", "bin_from_bytes", "bin_nbytes",
+    "BIN_SETTINGS_NAME", "write_bin_settings", "read_bin_settings",
     "InfoEntry", "write_info", "read_info",
     "DUMP_SUFFIX", "dump_file_name", "write_dump", "read_dump", "image_name_of_dump", "list_dumps",
     "read_val_label", "write_val_label",
@@ -127,6 +129,29 @@ def bin_from_bytes(data: bytes, shape: Sequence[int], path: str | PathLike = "<b
                           f"{'x'.join(map(str, shape))}); was it written by preprocess_se_resnext50_32x4d_pth.py "
                           f"for this input size?")
     return np.frombuffer(data, dtype=np.float32).reshape(shape)
+
+
+BIN_SETTINGS_NAME = ".preprocess_settings.json"
+"""In a ``.bin`` folder: the preprocessing settings its files were written with, one JSON object."""
+
+
+def write_bin_settings(folder: str | PathLike, settings: Mapping) -> None:
+    atomic_write(Path(folder) / BIN_SETTINGS_NAME, json.dumps(dict(settings), sort_keys=True) + "\n")
+
+
+def read_bin_settings(folder: str | PathLike) -> dict | None:
+    """The settings recorded in a ``.bin`` folder, or None when there is no record."""
+    path = Path(folder) / BIN_SETTINGS_NAME
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        settings = None
+    if not isinstance(settings, dict):
+        raise FormatError(f"{path}: not a settings record (a JSON object); delete it and preprocess again "
+                          f"without --resume")
+    return settings
 
 
 # ----------------------------------------------------------------------------------------------- .info

@@ -9,7 +9,8 @@ Here the decode and the resize are the same PIL calls, so the pixels are the sam
 resize is a lookup: a uint8 channel value ``v`` always becomes ``((v / 255) - mean) / std`` computed in
 float32 in that order, so a 3x256 table built with exactly those float32 operations gives the same bits,
 and only the 224x224 crop is touched. Files are handled in sorted order by a process pool and written
-atomically; ``resume`` skips outputs that already have the right size.
+atomically; ``resume`` skips outputs that already have the right size, after checking that the settings
+recorded beside them (``.preprocess_settings.json``) are this run's.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .formats import bin_file_name, bin_nbytes, write_bin
+from .formats import BIN_SETTINGS_NAME, bin_file_name, bin_nbytes, read_bin_settings, write_bin, write_bin_settings
 
 __all__ = ["RESIZE_SIZE", "CROP_SIZE", "MEAN", "STD", "PreprocessError", "PreprocessReport", "load_rgb",
            "resized_size", "crop_box", "normalization_table", "preprocess_image", "list_images",
@@ -152,6 +153,31 @@ def _work(task: tuple[str, str, int, int]) -> str | None:
 _STALE_TMP = re.compile(r"^\..+\.bin\..+\.tmp$")
 
 
+def _describe(settings: dict) -> str:
+    return " ".join(f"--{key} {value}" for key, value in sorted(settings.items()) if key in ("resize", "crop")) \
+        + ("" if (settings.get("mean"), settings.get("std")) == (list(MEAN), list(STD))
+           else f" mean {settings.get('mean')} std {settings.get('std')}")
+
+
+def _record_settings(target: Path, outputs: list[Path], settings: dict, resume: bool) -> None:
+    """Check (``resume``) or make (a new run) the record of the settings that wrote ``target``'s files."""
+    recorded = read_bin_settings(target)
+    if recorded == settings:
+        return
+    if resume:
+        if recorded is None and any(path.is_file() for path in outputs):
+            raise PreprocessError(f"{target}: --resume cannot tell which settings wrote its .bin files (no "
+                                  f"{BIN_SETTINGS_NAME}); run again without --resume to write them all")
+        if recorded is not None:
+            raise PreprocessError(f"{target}: its .bin files were written with {_describe(recorded)}, this run "
+                                  f"asks for {_describe(settings)}; run without --resume to write them all again, "
+                                  f"or choose another folder")
+    else:  # this run rewrites them all: none left from other settings may later pass for its own
+        for path in outputs:
+            path.unlink(missing_ok=True)
+    write_bin_settings(target, settings)
+
+
 def preprocess_folder(source: str | PathLike, target: str | PathLike, jobs: int | None = None,
                       resume: bool = False,
                       progress: Callable[[int], None] | None = None,
@@ -159,6 +185,8 @@ def preprocess_folder(source: str | PathLike, target: str | PathLike, jobs: int 
     """Preprocess every image of ``source`` into ``target/<name>.bin`` with ``jobs`` processes.
 
     ``resize`` / ``crop`` default to upstream's 256 / 224; other values serve models trained at other sizes.
+    The settings are recorded in ``target``; ``resume`` refuses a folder whose files were written with other
+    settings (or with none recorded), since a file of the right size may still hold another resize.
 
     Failed files are listed in the report and never stop the others. ``progress(n)`` is called as files
     finish (in sorted order).
@@ -171,6 +199,8 @@ def preprocess_folder(source: str | PathLike, target: str | PathLike, jobs: int 
     for entry in os.scandir(target):  # temporaries left by an interrupted run
         if _STALE_TMP.match(entry.name):
             os.unlink(entry.path)
+    _record_settings(target, [target / bin_file_name(path.name) for path in files],
+                     {"resize": resize, "crop": crop, "mean": list(MEAN), "std": list(STD)}, resume)
 
     report = PreprocessReport()
     expected = bin_nbytes(3, crop, crop)

@@ -53,7 +53,8 @@ def test_bad_files_are_listed_and_the_rest_is_written(tmp_path):
         assert f"failed: ILSVRC2012_val_{name}.JPEG" in err
         assert reason in err
     written = sorted(p.name for p in (tmp_path / "bins").iterdir())
-    assert written == [f"ILSVRC2012_val_0000000{i}.bin" for i in (1, 2, 3)]  # no temporaries, no partials
+    assert written == [".preprocess_settings.json"] + [f"ILSVRC2012_val_0000000{i}.bin" for i in (1, 2, 3)]
+    # no temporaries, no partials: the settings record and the good files
 
 
 def test_resume_skips_finished_files_and_redoes_broken_ones(val_folder, tmp_path):
@@ -69,6 +70,30 @@ def test_resume_skips_finished_files_and_redoes_broken_ones(val_folder, tmp_path
     assert sum(calls) == len(IMAGE_SPECS)
     assert victim.read_bytes() == expected
     assert not list(target.glob(".*.tmp"))
+
+
+def test_resume_refuses_bins_written_with_other_settings_and_a_new_run_rewrites_them(val_folder, tmp_path):
+    target = tmp_path / "bins"
+    status, _, err = run_tool(preprocess_tool, [val_folder, target, "--resize", 256, "--crop", 224])
+    assert status == 0, err
+    old = {p.name: p.read_bytes() for p in target.glob("*.bin")}
+    # same crop (same file size), other resize: size checks alone would keep every stale file
+    status, out, err = run_tool(preprocess_tool, [val_folder, target, "--resize", 288, "--crop", 224, "--resume"])
+    assert status == 1 and out == ""
+    assert err == (f"preprocess_se_resnext50_32x4d_pth.py: error: {target}: its .bin files were written with --crop "
+                   f"224 --resize 256, this run asks for --crop 224 --resize 288; run without --resume to write them "
+                   f"all again, or choose another folder\n")
+    assert {p.name: p.read_bytes() for p in target.glob("*.bin")} == old
+    status, out, err = run_tool(preprocess_tool, [val_folder, target, "--resize", 288, "--crop", 224])
+    assert status == 0 and f"{len(IMAGE_SPECS)} written" in out
+    status, out, err = run_tool(preprocess_tool, [val_folder, target, "--resize", 288, "--crop", 224, "--resume"])
+    assert status == 0 and f"0 written, {len(IMAGE_SPECS)} skipped" in out
+    redone = {p.name: p.read_bytes() for p in target.glob("*.bin")}
+    assert redone.keys() == old.keys() and all(redone[name] != old[name] for name in old)
+    # files from before settings were recorded: --resume cannot vouch for them
+    (target / ".preprocess_settings.json").unlink()
+    status, _, err = run_tool(preprocess_tool, [val_folder, target, "--resize", 288, "--crop", 224, "--resume"])
+    assert status == 1 and "--resume cannot tell which settings wrote its .bin files" in err
 
 
 def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
