@@ -42,6 +42,20 @@ if [[ "${data_path}" == "" ]]; then
     echo "[Error] para \"data_path\" must be confing"
     exit 1
 fi
+# Numbers only: --nproc goes into shell arithmetic, the device id into the path of the output folder that is
+# emptied with rm -rf.
+if [[ -n "${nproc}" && ! "${nproc}" =~ ^[1-9][0-9]*$ ]]; then
+    echo "[Error] --nproc=${nproc}: expected a positive integer"
+    exit 1
+fi
+if [[ ! "${device_id}" =~ ^[0-9]+$ ]]; then
+    echo "[Error] --device_id=${device_id}: expected a device number (0, 1, ...)"
+    exit 1
+fi
+if [[ -n "${ASCEND_DEVICE_ID:-}" && ! "${ASCEND_DEVICE_ID}" =~ ^[0-9]+$ ]]; then
+    echo "[Error] ASCEND_DEVICE_ID=${ASCEND_DEVICE_ID}: expected a device number (0, 1, ...)"
+    exit 1
+fi
 
 # Run from the repository root (the folder that holds test/), wherever the script was started from.
 test_path_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

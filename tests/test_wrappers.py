@@ -1,4 +1,5 @@
 """The upstream launch wrappers (test/*.sh) on tiny data: arguments, summary lines, <CaseName>.log, 8p on cpu."""
+import os
 import re
 
 import pytest
@@ -27,6 +28,24 @@ def dataset(tmp_path_factory):
 def test_wrappers_require_data_path(script):
     result = run_script(["bash", f"test/{script}", "--device_id=0"], timeout=30)
     assert result.returncode == 1 and result.stdout.strip() == '[Error] para "data_path" must be confing'
+
+
+def test_wrappers_take_only_numbers_for_nproc_and_device_id(dataset, tmp_path):
+    """--nproc goes into shell arithmetic (which runs command substitutions) and the device id into the path
+    that is emptied with rm -rf: anything but a number is refused before either."""
+    planted = tmp_path / "planted"
+    result = run_script(["bash", "test/train_full_8p.sh", f"--data_path={dataset}", f"--nproc=a[$(touch {planted})]",
+                         "--device=cpu"], timeout=60)
+    assert result.returncode == 1 and not planted.exists()
+    assert result.stdout.strip() == f"[Error] --nproc=a[$(touch {planted})]: expected a positive integer"
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "keep.txt").write_text("x")
+    outside = os.path.relpath(canary, ROOT / "test" / "output")  # test/output/<id> is emptied with rm -rf
+    result = run_script(["bash", "test/train_full_1p.sh", f"--data_path={dataset}", f"--device_id={outside}"],
+                        timeout=60)
+    assert result.returncode == 1 and (canary / "keep.txt").exists()
+    assert result.stdout.strip() == f"[Error] --device_id={outside}: expected a device number (0, 1, ...)"
 
 
 def test_full_1p_prints_upstreams_summary_and_case_log(dataset, tmp_path):
