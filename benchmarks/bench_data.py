@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 
-from common import ROOT, machine_info, markdown_table, measure, write_report
+from common import ROOT, machine_info, markdown_table, measure, work_dir, write_report
 
 
 def loader_images_per_second(data: str, size: int, batch: int, workers: int, repeats: int) -> dict:
@@ -50,9 +50,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--main-args", default="--amp --channels-last", help="main.py settings for part 2")
     parser.add_argument("--skip-main", action="store_true", help="skip part 2")
-    parser.add_argument("--workdir", default="/tmp/bench_data")
+    parser.add_argument("--workdir", default=None,
+                        help="main.py's --output-dir (default: a new temporary folder)")
     parser.add_argument("--json", default="benchmarks/results/data.json")
     args = parser.parse_args()
+    args.workdir = str(work_dir(args.workdir, "bench_data"))
 
     info = machine_info()
     results: dict = {"settings": vars(args)}

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, amp_dtype, dtype_name, machine_info, markdown_table, measure, write_report
+from common import ROOT, amp_dtype, dtype_name, machine_info, markdown_table, measure, work_dir, write_report
 
 FORWARD_GFLOP_224 = 8.47  # per 224x224 image (4.23 GMAC)
 
@@ -93,9 +93,11 @@ def main() -> None:
     parser.add_argument("--main-args", default=None,
                         help="main.py's settings (default: --amp --channels-last --compile)")
     parser.add_argument("--skip", default="", help="comma list of candidates to skip: main,plain,timm")
-    parser.add_argument("--workdir", default="/tmp/bench_train")
+    parser.add_argument("--workdir", default=None,
+                        help="main.py's --output-dir (default: a new temporary folder)")
     parser.add_argument("--json", default="benchmarks/results/train.json")
     args = parser.parse_args()
+    args.workdir = str(work_dir(args.workdir, "bench_train"))
 
     import torch
     from seresnext.model import se_resnext50_32x4d

@@ -10,6 +10,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -64,6 +65,16 @@ def amp_dtype(device_type: str):
 
 def dtype_name(dtype) -> str:
     return "fp32" if dtype is None else str(dtype).replace("torch.", "")
+
+
+def work_dir(path: str | None, name: str) -> Path:
+    """``path`` (created if missing), or else a new private folder from ``tempfile.mkdtemp``: never a fixed
+    name in the shared /tmp, where another local user could plant a symlink first."""
+    if path:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return Path(tempfile.mkdtemp(prefix=f"{name}_"))
 
 
 def measure(run: Callable[[], int], repeats: int = 3, warmup: int = 1) -> dict:

@@ -8,23 +8,25 @@
 # On a CUDA machine the same script measures the GPU: bench_train.py picks cuda (fp16 autocast,
 # channels_last, compile), and bench_runner.py runs its candidates on ONNX Runtime's CUDA provider and on
 # cuda when onnxruntime-gpu is installed (the runner picks the provider itself, -provider=auto).
-# Environment: PYTHON (default: ./.venv/bin/python, else python3), WORK (default: /tmp/bench_all),
+# Environment: PYTHON (default: ./.venv/bin/python, else python3), WORK (default: a new private folder from
+# mktemp -d, never a fixed /tmp name that another user could plant a symlink at),
 # RUNNER_ARGS (extra bench_runner.py flags, e.g. "--int8 --checkpoint model_best.pth.tar").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-WORK=${WORK:-/tmp/bench_all}
 quick=false
 data=""
 for arg in "$@"; do
     case $arg in
         --quick) quick=true ;;
         --data=*) data=${arg#--data=} ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "run_all.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
+WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/bench_all.XXXXXX")}
 mkdir -p "$WORK" benchmarks/results
+echo "run_all.sh: work folder $WORK"
 if [ -z "$data" ]; then
     data=$WORK/sample
     [ -d "$data/train" ] || "$PYTHON" -m seresnext.sample_data --out "$data" --overwrite
