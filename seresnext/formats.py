@@ -5,11 +5,16 @@ Formats (upstream's, byte for byte where upstream defined the bytes):
 * ``.bin`` input tensors: raw float32, CHW, no header (602,112 bytes for 3x224x224); beside them in their
   folder, ``.preprocess_settings.json`` records the settings that wrote them (ours, not upstream's).
 * ``.info`` dataset lists: ``index path width height`` per line.
-* dump files: ``<image name>_1.txt`` (one line, the logits space separated) or ``<image name>_1.bin``
-  (raw float32).
+* image names: a file's name without one known image or input extension (``ILSVRC2012_val_00000001.JPEG``,
+  ``ILSVRC2012_val_00000001.bin``: ``ILSVRC2012_val_00000001``; ``my.photo.v2.JPEG``: ``my.photo.v2``).
+  Upstream cut at the first dot, which is the same for ImageNet's names and merges dotted ones.
+* dump files: ``<image name>_<k>.txt`` (the logits, space separated), ``.bin`` (raw float32) or ``.npy``,
+  where ``k`` is the model output: benchmark.x86_64 numbers outputs from 1 (``_1``), ais_bench from 0 (``_0``),
+  and msame writes ``<image name>_output_0.txt`` with a line break every 100 values.
 * ``val_label.txt``: ``ILSVRC2012_val_00000001.JPEG 65`` per line (0-based class).
 * ``result.json``: upstream's ``json.dump`` of ``{"title": ..., "value": [{"key": ..., "value": ...}, ...]}``.
 * perf file ``perf_vision_batchsize_<bs>_device_<id>.txt``: the five ``[stage] throughputRate: ...`` lines.
+* ais_bench's ``<run>_summary.json``: throughput and ``NPU_compute_time`` statistics (ms).
 
 Everything is written atomically (temporary file in the same folder, then rename), so a crash never leaves
 a half-written file under the final name. This module imports no torch, so the tools that only move files
@@ -17,6 +22,7 @@ start quickly.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -30,14 +36,16 @@ import numpy as np
 
 __all__ = [
     "FormatError", "WriteError", "atomic_write",
-    "bin_file_name", "write_bin", "read_bin", "bin_from_bytes", "bin_nbytes",
+    "IMAGE_EXTENSIONS", "image_stem", "bin_file_name", "write_bin", "read_bin", "bin_from_bytes", "bin_nbytes",
     "BIN_SETTINGS_NAME", "write_bin_settings", "read_bin_settings",
     "InfoEntry", "write_info", "read_info",
-    "DUMP_SUFFIX", "dump_file_name", "write_dump", "read_dump", "image_name_of_dump", "list_dumps",
+    "DUMP_SUFFIX", "DUMP_FORMATS", "DumpName", "DumpListing", "dump_file_name", "write_dump", "read_dump",
+    "parse_dump_name", "image_name_of_dump", "list_dumps",
     "read_val_label", "write_val_label",
     "result_json_dict", "write_result_json", "read_result_json",
     "PerfStats", "perf_file_name", "perf_lines", "write_perf_file", "read_perf_file", "PURE_INFER_PREFIX",
     "pure_infer_perf_file_name", "pure_infer_summary", "write_pure_infer_perf_file",
+    "ais_summary_dict", "write_ais_summary", "read_ais_summary",
 ]
 
 
@@ -95,10 +103,26 @@ def atomic_write(path: str | PathLike, data: bytes | bytearray | memoryview | st
         raise
 
 
+# ----------------------------------------------------------------------------------------------- image names
+# Extensions that name a file's format, not the image: what preprocessing, get_info and the runners read.
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".bin", ".npy")
+
+
+def image_stem(file_name: str) -> str:
+    """The image name of a file: its base name without one known extension (any case).
+
+    ``ILSVRC2012_val_00000001.JPEG`` and ``ILSVRC2012_val_00000001.bin`` are ``ILSVRC2012_val_00000001`` (as
+    upstream, which cut at the first dot); ``my.photo.v2.JPEG`` is ``my.photo.v2`` (upstream: ``my``).
+    """
+    base = os.path.basename(file_name)
+    root, ext = os.path.splitext(base)
+    return root if root and ext.lower() in IMAGE_EXTENSIONS else base
+
+
 # ----------------------------------------------------------------------------------------------- .bin
 def bin_file_name(image_file_name: str) -> str:
-    """Upstream's output name: the image name up to its first dot, plus ``.bin``."""
-    return image_file_name.split(".")[0] + ".bin"
+    """Upstream's output name: the image name plus ``.bin``."""
+    return image_stem(image_file_name) + ".bin"
 
 
 def bin_nbytes(channels: int, height: int, width: int) -> int:
@@ -167,8 +191,8 @@ class InfoEntry:
 
     @property
     def image_name(self) -> str:
-        """The name dump files are called after: the file name up to its first dot."""
-        return os.path.basename(self.path).split(".")[0]
+        """The name dump files are called after (:func:`image_stem` of the path)."""
+        return image_stem(self.path)
 
 
 def write_info(path: str | PathLike, entries: Iterable[tuple[str, int | str, int | str]]) -> int:
@@ -211,70 +235,131 @@ def read_info(path: str | PathLike) -> list[InfoEntry]:
 
 # ----------------------------------------------------------------------------------------------- dumps
 DUMP_SUFFIX = "_1"
-_DUMP_RE = re.compile(r"^(?P<name>.+)_(?P<output>\d+)\.(?P<ext>txt|bin)$")
+DUMP_FORMATS = ("txt", "bin", "npy")
+_DUMP_RE = re.compile(r"^(?P<stem>.+?)(?:_output)?_(?P<output>\d+)\.(?P<ext>" + "|".join(DUMP_FORMATS) + ")$")
 
 
-def dump_file_name(image_name: str, binary: bool) -> str:
-    """``<image name>_1.txt`` (or ``.bin``): the runner's output for the model's first output."""
-    return f"{image_name}{DUMP_SUFFIX}.{'bin' if binary else 'txt'}"
+def dump_file_name(image_name: str, binary: bool, suffix: str = DUMP_SUFFIX, ext: str | None = None) -> str:
+    """``<image name>_1.txt`` (or ``.bin``): benchmark.x86_64's output for the model's first output.
+
+    ais_bench's names are ``suffix="_0"`` and ``ext`` one of ``txt``, ``bin``, ``npy``.
+    """
+    return f"{image_name}{suffix}.{ext or ('bin' if binary else 'txt')}"
 
 
-def write_dump(folder: str | PathLike, image_name: str, logits: np.ndarray, binary: bool) -> Path:
-    """Write one image's output: a text line of ``%.9g`` values (exact for float32) or raw float32."""
-    path = Path(folder) / dump_file_name(image_name, binary)
+def write_dump(folder: str | PathLike, image_name: str, logits: np.ndarray, binary: bool,
+               suffix: str = DUMP_SUFFIX, ext: str | None = None) -> Path:
+    """Write one image's output: a text line of ``%.9g`` values (exact for float32), raw float32 (``.bin``)
+    or a ``.npy`` array of shape ``(1, classes)`` (as ais_bench writes one image's slice of the batch)."""
+    ext = ext or ("bin" if binary else "txt")
+    path = Path(folder) / dump_file_name(image_name, binary, suffix, ext)
     values = np.ascontiguousarray(logits, dtype=np.float32).reshape(-1)
-    if binary:
+    if ext == "bin":
         atomic_write(path, memoryview(values).cast("B"), durable=False)
+    elif ext == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, values.reshape(1, -1), allow_pickle=False)
+        atomic_write(path, buffer.getvalue(), durable=False)
     else:
         atomic_write(path, " ".join(["%.9g" % v for v in values.tolist()]) + "\n", durable=False)
     return path
 
 
-def image_name_of_dump(file_name: str) -> str | None:
-    """``X_1.txt`` -> ``X`` (upstream: up to the first dot, then up to the last underscore); None if not a dump."""
+@dataclass(frozen=True)
+class DumpName:
+    """What a dump file's name says: the image, the model output index and the format."""
+
+    image: str
+    output: int
+    ext: str
+
+
+def parse_dump_name(file_name: str) -> DumpName | None:
+    """``X_1.txt``, ``X_0.bin``, ``X_output_0.txt``, ``X.JPEG_1.txt`` -> image ``X``; None if not a dump.
+
+    Only the ``_<k>.<ext>`` suffix (and msame's ``_output``) and then a known image extension are removed,
+    so dotted image names survive (``a.b.c_1.txt`` is image ``a.b.c``).
+    """
     match = _DUMP_RE.match(file_name)
-    if match is None or match.group("output") != DUMP_SUFFIX[1:]:
+    if match is None:
         return None
-    stem = file_name.split(".")[0]
-    return stem[:stem.rfind("_")]
+    return DumpName(image_stem(match.group("stem")), int(match.group("output")), match.group("ext"))
 
 
-def list_dumps(folder: str | PathLike) -> tuple[dict[str, Path], list[str]]:
-    """Map image name -> dump file in ``folder``, and the names of files that are not ``*_1.txt|bin`` dumps."""
+def image_name_of_dump(file_name: str) -> str | None:
+    """The image a dump file belongs to, or None if the name is not a dump's."""
+    parsed = parse_dump_name(file_name)
+    return parsed.image if parsed else None
+
+
+@dataclass
+class DumpListing:
+    """A dump folder: the first output's dump of each image, and what was left aside."""
+
+    dumps: dict[str, Path]
+    ignored: list[str]  # files whose names are not dumps' (e.g. a summary.json)
+    other_outputs: list[str]  # dumps of an image's later outputs (a model with several outputs)
+
+
+def list_dumps(folder: str | PathLike) -> DumpListing:
+    """Map image name -> the dump of its first model output (the lowest ``_<k>`` present for it).
+
+    Two dumps of one image and output (``X_1.txt`` and ``X_1.bin``, or ``X_1.txt`` and ``X.JPEG_1.txt``)
+    are a :class:`FormatError`.
+    """
     folder = Path(folder)
-    dumps: dict[str, Path] = {}
-    others: list[str] = []
+    found: dict[str, dict[int, Path]] = {}
+    ignored: list[str] = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.is_file() or entry.name.startswith("."):
             continue
-        name = image_name_of_dump(entry.name)
-        if name is None:
-            others.append(entry.name)
+        parsed = parse_dump_name(entry.name)
+        if parsed is None:
+            ignored.append(entry.name)
             continue
-        if name in dumps:
-            raise FormatError(f"{folder}: two dumps for image {name!r}: {dumps[name].name} and {entry.name}")
-        dumps[name] = Path(entry.path)
-    return dumps, others
+        outputs = found.setdefault(parsed.image, {})
+        if parsed.output in outputs:
+            raise FormatError(f"{folder}: two dumps for image {parsed.image!r}: {outputs[parsed.output].name} "
+                              f"and {entry.name}")
+        outputs[parsed.output] = Path(entry.path)
+    dumps, other_outputs = {}, []
+    for image, outputs in found.items():
+        first = min(outputs)
+        dumps[image] = outputs[first]
+        other_outputs += [path.name for index, path in sorted(outputs.items()) if index != first]
+    return DumpListing(dumps, ignored, other_outputs)
 
 
 def read_dump(path: str | PathLike) -> np.ndarray:
-    """The float32 values of one dump file (text: its first line; ``.bin``: raw float32)."""
+    """The float32 values of one dump file: every value of a text file (whatever its line breaks), raw
+    float32 of a ``.bin``, the array of a ``.npy``."""
     path = Path(path)
     if path.suffix == ".bin":
         size = path.stat().st_size
         if size == 0 or size % 4:
             raise FormatError(f"{path}: {size} bytes is not a whole number of float32 values")
         return np.fromfile(path, dtype=np.float32)
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise FormatError(f"{path}: not a readable .npy array ({exc})") from None
+        if array.size == 0 or not np.issubdtype(array.dtype, np.number):
+            raise FormatError(f"{path}: {array.dtype} array of shape {array.shape}, expected the model's outputs")
+        return array.astype(np.float32).reshape(-1)
     with open(path, encoding="utf-8", errors="replace") as f:
-        first = f.readline()
-    fields = first.split()
+        text = f.read()
+    fields = text.split()
     if not fields:
         raise FormatError(f"{path}:1: empty dump (expected the model's outputs, space separated)")
     try:
         return np.array(fields, dtype=np.float32)
     except ValueError:
-        bad = next(v for v in fields if not _is_float(v))
-        raise FormatError(f"{path}:1: {bad!r} is not a number") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            bad = next((v for v in line.split() if not _is_float(v)), None)
+            if bad is not None:
+                raise FormatError(f"{path}:{number}: {bad!r} is not a number") from None
+        raise
 
 
 def _is_float(text: str) -> bool:
@@ -287,7 +372,7 @@ def _is_float(text: str) -> bool:
 
 # ----------------------------------------------------------------------------------------------- val_label.txt
 def read_val_label(path: str | PathLike) -> dict[str, int]:
-    """Image name (up to the first dot) -> 0-based class; malformed or duplicate lines name the line."""
+    """Image name (:func:`image_stem`) -> 0-based class; malformed or duplicate lines name the line."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: no such label file")
@@ -306,7 +391,7 @@ def read_val_label(path: str | PathLike) -> dict[str, int]:
                 raise FormatError(f"{path}:{number}: label {fields[1]!r} is not an integer") from None
             if label < 0:
                 raise FormatError(f"{path}:{number}: label {label} is negative")
-            name = fields[0].split(".")[0]
+            name = image_stem(fields[0])
             if name in labels:
                 raise FormatError(f"{path}:{number}: image {name!r} is already labelled on line "
                                   f"{first_line[name]}")

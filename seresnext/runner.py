@@ -431,8 +431,7 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
     result.perf_text = write_perf_file(result.perf_file, stats)
     result.failed.sort(key=_line_order)
     ours = {dump_file_name(e.image_name, options.output_binary) for e in usable}
-    dumps, _ = list_dumps(dump_dir)
-    result.stale_dumps = sum(1 for path in dumps.values() if path.name not in ours)
+    result.stale_dumps = sum(1 for path in list_dumps(dump_dir).dumps.values() if path.name not in ours)
     return result
 
 

@@ -86,3 +86,32 @@ def test_atomic_write_that_fails_keeps_the_old_file(tmp_path):
         formats.atomic_write(tmp_path / "f.txt", 12345)  # not bytes: fails while writing
     assert (tmp_path / "f.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+@pytest.mark.parametrize("file_name, image, output, ext", [
+    ("ILSVRC2012_val_00000001_1.txt", "ILSVRC2012_val_00000001", 1, "txt"),  # benchmark.x86_64
+    ("ILSVRC2012_val_00000001_0.bin", "ILSVRC2012_val_00000001", 0, "bin"),  # ais_bench
+    ("ILSVRC2012_val_00000001_0.npy", "ILSVRC2012_val_00000001", 0, "npy"),
+    ("ILSVRC2012_val_00000001_output_0.txt", "ILSVRC2012_val_00000001", 0, "txt"),  # msame
+    ("ILSVRC2012_val_00000001.JPEG_1.txt", "ILSVRC2012_val_00000001", 1, "txt"),  # named after the JPEG
+    ("holiday.2019.beach_1.txt", "holiday.2019.beach", 1, "txt"),
+    ("a_b_c_12.txt", "a_b_c", 12, "txt"),
+    ("2024_01_02-03_04_05_summary.json", None, None, None),
+    ("notes.txt", None, None, None),
+])
+def test_dump_names_lose_only_their_output_suffix_and_an_image_extension(file_name, image, output, ext):
+    parsed = formats.parse_dump_name(file_name)
+    if image is None:
+        assert parsed is None and formats.image_name_of_dump(file_name) is None
+    else:
+        assert (parsed.image, parsed.output, parsed.ext) == (image, output, ext)
+
+
+@pytest.mark.parametrize("file_name, stem", [
+    ("ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000001"), ("x.jpg", "x"), ("x.bin", "x"),
+    ("holiday.2019.beach.JPEG", "holiday.2019.beach"), ("holiday.2019.beach", "holiday.2019.beach"),
+    ("dir/a.b.png", "a.b"), ("noext", "noext"),
+])
+def test_image_names_keep_every_dot_but_the_extensions(file_name, stem):
+    assert formats.image_stem(file_name) == stem
+    assert formats.bin_file_name(file_name) == stem + ".bin"
