@@ -36,8 +36,8 @@ import numpy as np
 
 __all__ = [
     "FormatError", "WriteError", "atomic_write",
-    "IMAGE_EXTENSIONS", "image_stem", "bin_file_name", "write_bin", "read_bin", "bin_from_bytes", "bin_nbytes",
-    "BIN_SETTINGS_NAME", "write_bin_settings", "read_bin_settings",
+    "IMAGE_EXTENSIONS", "image_stem", "bin_file_name", "write_bin", "read_bin", "bin_from_bytes", "npy_from_bytes",
+    "bin_nbytes", "BIN_SETTINGS_NAME", "write_bin_settings", "read_bin_settings",
     "InfoEntry", "write_info", "read_info",
     "DUMP_SUFFIX", "DUMP_FORMATS", "DumpName", "DumpListing", "dump_file_name", "write_dump", "read_dump",
     "parse_dump_name", "image_name_of_dump", "list_dumps",
@@ -45,7 +45,7 @@ __all__ = [
     "result_json_dict", "write_result_json", "read_result_json",
     "PerfStats", "perf_file_name", "perf_lines", "write_perf_file", "read_perf_file", "PURE_INFER_PREFIX",
     "pure_infer_perf_file_name", "pure_infer_summary", "write_pure_infer_perf_file",
-    "ais_summary_dict", "write_ais_summary", "read_ais_summary",
+    "ais_summary_dict", "ais_summary_lines", "write_ais_summary", "read_ais_summary",
 ]
 
 
@@ -176,6 +176,18 @@ def read_bin_settings(folder: str | PathLike) -> dict | None:
         raise FormatError(f"{path}: not a settings record (a JSON object); delete it and preprocess again "
                           f"without --resume")
     return settings
+
+
+def npy_from_bytes(data: bytes, shape: Sequence[int], path: str | PathLike = "<bytes>") -> np.ndarray:
+    """A float32 ``.npy`` input (ais_bench takes them as well as ``.bin``) of ``shape`` or ``(1, *shape)``."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FormatError(f"{path}: not a readable .npy array ({exc})") from None
+    if array.dtype != np.float32 or array.size != int(np.prod(shape)):
+        raise FormatError(f"{path}: {array.dtype} array of shape {list(array.shape)}, expected float32 "
+                          f"{'x'.join(map(str, shape))}")
+    return array.reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------- .info
@@ -530,3 +542,63 @@ def write_pure_infer_perf_file(path: str | PathLike, rate: float) -> str:
     text = pure_infer_summary(rate)
     atomic_write(path, text)
     return text
+
+
+# ----------------------------------------------------------------------------------------------- ais_bench summary
+AIS_PERCENTILE = 99
+
+
+def _time_stats(values_ms: Sequence[float]) -> dict:
+    """ais_bench's statistics block (ms): min, max, mean, median, percentile(99%), count; zeros when empty."""
+    values = np.asarray(values_ms, dtype=np.float64)
+    if values.size == 0:
+        return {"min": 0.0, "max": 0.0, "mean": 0.0, "median": 0.0, f"percentile({AIS_PERCENTILE}%)": 0.0,
+                "count": 0}
+    return {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean()),
+            "median": float(np.median(values)),
+            f"percentile({AIS_PERCENTILE}%)": float(np.percentile(values, AIS_PERCENTILE)), "count": int(values.size)}
+
+
+def ais_summary_dict(compute_ms: Sequence[float], batch_size: float,
+                     files: Sequence[tuple[Sequence[str], Sequence[str]]] = (), args: Sequence[str] = ()) -> dict:
+    """ais_bench's ``<run>_summary.json``: ``NPU_compute_time`` (ms per model call), ``H2D_latency`` and
+    ``D2H_latency`` (host-device copies: none here, so empty blocks), ``throughput`` = 1000 * batch / mean
+    compute ms, ``filesinfo`` (per sample: input and output files), ``args`` and the per-call list."""
+    compute = _time_stats(compute_ms)
+    return {
+        "filesinfo": {str(i): {"infiles": list(infiles), "outfiles": list(outfiles)}
+                      for i, (infiles, outfiles) in enumerate(files)},
+        "args": list(args),
+        "NPU_compute_time": compute,
+        "H2D_latency": _time_stats(()),
+        "D2H_latency": _time_stats(()),
+        "throughput": 1000.0 * batch_size / compute["mean"] if compute["mean"] else 0.0,
+        "npu_compute_time_list": [float(v) for v in compute_ms],
+        "pid": os.getpid(),
+    }
+
+
+def ais_summary_lines(summary: Mapping, batch_size: float) -> str:
+    """ais_bench's console summary: the NPU_compute_time statistics and the throughput line."""
+    t = summary["NPU_compute_time"]
+    return ("[INFO] -----------------Performance Summary------------------\n"
+            f"[INFO] NPU_compute_time (ms): min = {t['min']}, max = {t['max']}, mean = {t['mean']}, "
+            f"median = {t['median']}, percentile({AIS_PERCENTILE}%) = {t[f'percentile({AIS_PERCENTILE}%)']}\n"
+            f"[INFO] throughput 1000*batchsize.mean({batch_size})/NPU_compute_time.mean({t['mean']}): "
+            f"{summary['throughput']}\n"
+            "[INFO] ------------------------------------------------------\n")
+
+
+def write_ais_summary(path: str | PathLike, summary: Mapping) -> None:
+    """``json.dump`` of the summary, as ais_bench writes it."""
+    atomic_write(path, json.dumps(summary))
+
+
+def read_ais_summary(path: str | PathLike) -> dict:
+    """An ais_bench ``*_summary.json``; one that lacks ``throughput`` or ``NPU_compute_time`` is a FormatError."""
+    try:
+        summary = json.loads(Path(path).read_text(encoding="utf-8"))
+        float(summary["throughput"]), float(summary["NPU_compute_time"]["mean"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{path}: not an ais_bench summary.json ({exc.__class__.__name__}: {exc})") from None
+    return summary

@@ -15,7 +15,9 @@ read are listed in the result, never stop the run, and make the exit status 1.
 """
 from __future__ import annotations
 
+import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from .aipp import AippConfig, config_from_metadata, encode_source
-from .formats import (FormatError, InfoEntry, bin_from_bytes, PerfStats, dump_file_name, perf_file_name, perf_lines,
-                      pure_infer_perf_file_name, pure_infer_summary, read_info, write_dump, write_perf_file,
-                      write_pure_infer_perf_file, list_dumps)
+from .formats import (DUMP_SUFFIX, FormatError, InfoEntry, bin_from_bytes, npy_from_bytes, PerfStats, dump_file_name,
+                      perf_file_name, perf_lines, pure_infer_perf_file_name, pure_infer_summary, read_info, write_dump,
+                      write_perf_file, write_pure_infer_perf_file, list_dumps)
 
 __all__ = ["RunnerError", "RunnerOptions", "RunResult", "Backend", "OrtBackend", "AscendBackend", "open_backend",
-           "run_dataset", "run_pure_inference", "OM_HELP", "PROVIDERS"]
+           "run_dataset", "run_pure_inference", "entries_from_inputs", "OM_HELP", "PROVIDERS"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -49,7 +51,10 @@ class RunnerError(ValueError):
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    """The runner's settings: benchmark.x86_64's flags plus a few of ours (provider, threads, ...)."""
+    """The runner's settings: benchmark.x86_64's flags plus a few of ours (provider, threads, ...), and the
+    output layout (benchmark.x86_64's ``result/dumpOutput_device<id>/<image>_1.txt`` and perf file by
+    default; ais_bench's ``<output>/<run>/<image>_0.<fmt>`` with ``dump_dir``, ``dump_suffix="_0"``,
+    ``dump_format`` and ``write_perf=False``)."""
 
     om_path: str
     batch_size: int = 1
@@ -67,6 +72,13 @@ class RunnerOptions:
     loaders: int = 2
     prefetch: int = 2
     result_dir: str = "result"
+    dump_dir: str | None = None  # default: <result_dir>/dumpOutput_device<device_id>
+    dump_suffix: str = DUMP_SUFFIX
+    dump_format: str | None = None  # txt, bin or npy; default: from output_binary
+    save_outputs: bool = True
+    write_perf: bool = True
+    loop: int = 1  # model calls per batch, each timed (ais_bench's --loop)
+    input_label: str | None = None  # how errors name the input list (default: input_text_path)
 
 
 # ----------------------------------------------------------------------------------------------- backends
@@ -229,7 +241,8 @@ def _loader(plan: _Plan, use_dvpp: bool) -> Callable[[InfoEntry], tuple[np.ndarr
         started = time.perf_counter()
         data = Path(entry.path).read_bytes()
         read = time.perf_counter()
-        array = bin_from_bytes(data, plan.item_shape, entry.path)
+        decode = npy_from_bytes if entry.path.lower().endswith(".npy") else bin_from_bytes
+        array = decode(data, plan.item_shape, entry.path)
         return array, read - started, time.perf_counter() - read
 
     def load_jpeg(entry: InfoEntry) -> tuple[np.ndarray, float, float]:
@@ -268,6 +281,7 @@ class RunResult:
     perf_text: str = ""
     stale_dumps: int = 0
     backend: str = ""
+    written: list[tuple[str, str]] = field(default_factory=list)  # (input file, dump file) per image
 
 
 def _percentiles(values_ms: Sequence[float]) -> tuple[float, float, float]:
@@ -286,22 +300,53 @@ def _warm_up(backend: Backend, plan: _Plan, rounds: int) -> None:
 _END = object()
 
 
+def entries_from_inputs(inputs: str) -> list[InfoEntry]:
+    """ais_bench's ``--input``: one folder of ``.bin``/``.npy`` files (natural order, as ais_bench sorts them)
+    or a comma list of such files, as the entries of a ``.info`` list (sizes come from the model)."""
+    parts = [part for part in inputs.split(",") if part]
+    if not parts:
+        raise RunnerError("--input: expected a folder of .bin/.npy files or a comma list of files")
+    first = Path(parts[0])
+    if first.is_dir():
+        if len(parts) > 1:
+            raise RunnerError(f"--input={inputs}: one folder per model input, and this model has one input")
+        files = [str(first / e.name) for e in os.scandir(first)
+                 if e.is_file() and e.name.lower().endswith((".bin", ".npy"))]
+        if not files:
+            raise RunnerError(f"--input={inputs}: no .bin or .npy files in the folder")
+        files.sort(key=_natural_key)
+    elif first.is_file():
+        files = parts
+    else:
+        raise RunnerError(f"--input={parts[0]}: no such file or folder")
+    return [InfoEntry(index, path, 0, 0, index + 1) for index, path in enumerate(files)]
+
+
+def _natural_key(text: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"([0-9]+)", text)]
+
+
 def run_dataset(options: RunnerOptions, backend: Backend | None = None,
-                progress: Callable[[int], None] | None = None) -> RunResult:
-    """Run every image of ``options.input_text_path``; write dumps and the perf file under ``result_dir``."""
-    if not options.input_text_path:
-        raise RunnerError("-input_text_path is required (a .info file from get_info.py), or -round=N for "
-                          "pure inference")
-    try:
-        entries = read_info(options.input_text_path)
-    except FormatError as exc:
-        raise RunnerError(f"-input_text_path: {exc}") from None
+                progress: Callable[[int], None] | None = None,
+                entries: Sequence[InfoEntry] | None = None) -> RunResult:
+    """Run every image of ``options.input_text_path`` (or of ``entries``); write dumps and the perf file."""
+    if entries is None:
+        if not options.input_text_path:
+            raise RunnerError("-input_text_path is required (a .info file from get_info.py), or -round=N for "
+                              "pure inference")
+        try:
+            entries = read_info(options.input_text_path)
+        except FormatError as exc:
+            raise RunnerError(f"-input_text_path: {exc}") from None
+    if options.loop < 1:
+        raise RunnerError(f"--loop={options.loop}: must be at least 1")
+    dump_format = options.dump_format or ("bin" if options.output_binary else "txt")
     backend = backend or open_backend(options)
     plan = _plan(backend, options)
     load = _loader(plan, options.use_dvpp)
 
     result = RunResult(images=0, backend=backend.description)
-    info = options.input_text_path
+    info = options.input_label or options.input_text_path
     names: dict[str, InfoEntry] = {}
     usable = []
     for entry in entries:
@@ -315,8 +360,9 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
             names[entry.image_name] = entry
             usable.append(entry)
 
-    dump_dir = Path(options.result_dir) / f"dumpOutput_device{options.device_id}"
-    dump_dir.mkdir(parents=True, exist_ok=True)
+    dump_dir = Path(options.dump_dir or Path(options.result_dir) / f"dumpOutput_device{options.device_id}")
+    if options.save_outputs:
+        dump_dir.mkdir(parents=True, exist_ok=True)
     _warm_up(backend, plan, options.warmup)
 
     batches = [usable[i:i + plan.batch] for i in range(0, len(usable), plan.batch)]
@@ -373,8 +419,12 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
             kept, outputs = item
             started = time.perf_counter()
             for row, entry in enumerate(kept):
+                if not options.save_outputs:
+                    continue
                 try:
-                    write_dump(dump_dir, entry.image_name, outputs[row], options.output_binary)
+                    path = write_dump(dump_dir, entry.image_name, outputs[row], options.output_binary,
+                                      options.dump_suffix, dump_format)
+                    result.written.append((entry.path, str(path)))
                 except OSError as exc:
                     with failures_lock:
                         result.failed.append((f"{info}:{entry.line}", f"cannot write its dump ({exc})"))
@@ -399,13 +449,14 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
                 if isinstance(item, BaseException):
                     raise item
                 kept, array = item
-                started = time.perf_counter()
-                outputs = backend.run(array)
-                finished = time.perf_counter()
-                first_infer = started if first_infer is None else first_infer
-                last_infer = finished
-                infer_seconds += finished - started
-                result.batch_latencies_ms.append((finished - started) * 1000.0)
+                for _ in range(options.loop):
+                    started = time.perf_counter()
+                    outputs = backend.run(array)
+                    finished = time.perf_counter()
+                    first_infer = started if first_infer is None else first_infer
+                    last_infer = finished
+                    infer_seconds += finished - started
+                    result.batch_latencies_ms.append((finished - started) * 1000.0)
                 result.images += len(kept)
                 written.put((kept, outputs))
         finally:
@@ -421,17 +472,19 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
         e2e_latency_ms=run_seconds * 1000.0,
         read_ms_per_image=timings["read"] * 1000.0 / max(timings["loaded"], 1),
         preprocess_ms_per_image=timings["pre"] * 1000.0 / max(timings["loaded"], 1),
-        infer_stage_rate=result.images / (last_infer - first_infer) if result.images else 0.0,
-        interface_rate=result.images / infer_seconds if infer_seconds else 0.0,
+        infer_stage_rate=result.images * options.loop / (last_infer - first_infer) if result.images else 0.0,
+        interface_rate=result.images * options.loop / infer_seconds if infer_seconds else 0.0,
         infer_ms_per_batch=infer_seconds * 1000.0 / max(len(result.batch_latencies_ms), 1),
         post_ms_per_image=timings["post"] * 1000.0 / images)
     result.stats = stats
-    result.dump_dir = dump_dir
-    result.perf_file = Path(options.result_dir) / perf_file_name(options.batch_size, options.device_id)
-    result.perf_text = write_perf_file(result.perf_file, stats)
     result.failed.sort(key=_line_order)
-    ours = {dump_file_name(e.image_name, options.output_binary) for e in usable}
-    result.stale_dumps = sum(1 for path in list_dumps(dump_dir).dumps.values() if path.name not in ours)
+    if options.write_perf:
+        result.perf_file = Path(options.result_dir) / perf_file_name(options.batch_size, options.device_id)
+        result.perf_text = write_perf_file(result.perf_file, stats)
+    if options.save_outputs:
+        result.dump_dir = dump_dir
+        ours = {dump_file_name(e.image_name, options.output_binary, options.dump_suffix, dump_format) for e in usable}
+        result.stale_dumps = sum(1 for path in list_dumps(dump_dir).dumps.values() if path.name not in ours)
     return result
 
 
@@ -451,8 +504,9 @@ def _guarded(load):
 
 
 def run_pure_inference(options: RunnerOptions, backend: Backend | None = None,
-                       log: Callable[[str], None] = print) -> tuple[float, list[float], Path, str]:
-    """``-round=N`` without data: N batches of random input; returns (images/s, per-batch ms, file, text)."""
+                       log: Callable[[str], None] = print) -> tuple[float, list[float], Path | None, str]:
+    """``-round=N`` without data: N batches of random input; returns (images/s, per-batch ms, perf file or
+    None when ``write_perf`` is off, its text)."""
     if options.rounds < 1:
         raise RunnerError(f"-round={options.rounds}: must be at least 1")
     backend = backend or open_backend(options)
@@ -469,6 +523,8 @@ def run_pure_inference(options: RunnerOptions, backend: Backend | None = None,
         latencies.append((time.perf_counter() - started) * 1000.0)
         log(f"[INFO] Dataset number: {number} finished cost {latencies[-1]:.3f}ms")
     rate = plan.batch * len(latencies) * 1000.0 / sum(latencies)
+    if not options.write_perf:
+        return rate, latencies, None, pure_infer_summary(rate)
     path = Path(options.result_dir) / pure_infer_perf_file_name(options.om_path, options.device_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = write_pure_infer_perf_file(path, rate)

@@ -226,6 +226,71 @@ def test_bad_bin_and_missing_files_are_listed_and_the_rest_is_run(work, tmp_path
     assert names == [f"ILSVRC2012_val_{i:08d}_1.txt" for i in (1, 2, 4, 5, 6)]
 
 
+def _ais(*flags):
+    return run_tool(benchmark, [*flags, "--progress=false"])
+
+
+def test_ais_bench_options_write_its_layout_and_summary(work, tmp_path):
+    arrays = _bins(tmp_path / "prep_bin", 10)
+    out = tmp_path / "out"
+    status, stdout, err = _ais("--model", str(work / "tiny_4.onnx"), "--input", str(tmp_path / "prep_bin"),
+                               "--output", str(out), "--outfmt", "TXT")  # --batchsize: the model's 4
+    assert status == 0, err
+    runs = sorted(p.name for p in out.iterdir())
+    assert len(runs) == 2 and __import__("re").fullmatch(r"\d{4}_\d\d_\d\d-\d\d_\d\d_\d\d", runs[0])
+    assert runs[1] == runs[0] + "_summary.json"
+    dumps = sorted((out / runs[0]).iterdir())
+    assert [p.name for p in dumps] == [f"ILSVRC2012_val_{i:08d}_0.txt" for i in range(1, 11)]
+    expected = _session(work / "tiny.onnx").run(None, {"image": np.stack(arrays)})[0]
+    for row, path in enumerate(dumps):
+        np.testing.assert_allclose(read_dump(path), expected[row], atol=1e-4)
+    summary = json.loads((out / runs[1]).read_text())
+    times = summary["NPU_compute_time"]
+    assert times["count"] == 3 == len(summary["npu_compute_time_list"])  # 10 images in batches of 4
+    assert times["min"] <= times["median"] <= times["max"] and times["percentile(99%)"] <= times["max"]
+    assert summary["throughput"] == pytest.approx(1000 * 4 / times["mean"])
+    assert summary["filesinfo"]["9"]["outfiles"] == [str(dumps[9])]
+    assert f"throughput 1000*batchsize.mean(4)/NPU_compute_time.mean({times['mean']}): " in stdout
+    assert "[INFO] NPU_compute_time (ms): min = " in stdout
+
+    labels = tmp_path / "val_label.txt"
+    labels.write_text("".join(f"ILSVRC2012_val_{i:08d}.JPEG {i % 4}\n" for i in range(1, 11)))
+    status, _, err = _ais("--model", str(work / "tiny_4.onnx"), "--input", str(tmp_path / "prep_bin"),
+                          "--output", str(out), "--output_dirname", "npy_run", "--outfmt", "NPY", "--loop", "2",
+                          "--warmup_count", "0", "--batchsize", "4", "--device", "0")
+    assert status == 0, err
+    assert len(list((out / "npy_run").glob("*_0.npy"))) == 10
+    assert json.loads((out / "npy_run_summary.json").read_text())["NPU_compute_time"]["count"] == 6  # loop 2
+    from vision_metric_ImageNet import main as metric_main
+    for folder, name in ((out / runs[0], "txt.json"), (out / "npy_run", "npy.json")):
+        assert metric_main([str(folder), str(labels), str(tmp_path), name]) == 0
+    assert (tmp_path / "txt.json").read_text() == (tmp_path / "npy.json").read_text()
+
+
+def test_ais_bench_input_list_pure_inference_and_wrong_flags(work, tmp_path):
+    _bins(tmp_path / "prep_bin", 3)
+    files = ",".join(str(tmp_path / "prep_bin" / f"ILSVRC2012_val_{i:08d}.bin") for i in (3, 1))
+    status, _, err = _ais("--model", str(work / "tiny_4.onnx"), "--input", files, "--output", str(tmp_path),
+                          "--output_dirname", "two", "--outfmt", "BIN")
+    assert status == 0, err
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["ILSVRC2012_val_00000001_0.bin",
+                                                                    "ILSVRC2012_val_00000003_0.bin"]
+    status, stdout, err = _ais("--model", str(work / "tiny_4.onnx"), "--loop", "3", "--output", str(tmp_path),
+                               "--output_dirname", "pure")
+    assert status == 0, err
+    assert json.loads((tmp_path / "pure_summary.json").read_text())["NPU_compute_time"]["count"] == 3
+    assert "throughput 1000*batchsize.mean(4)" in stdout
+    for flags, message in (
+            (["-batch_size=4"], "-batch_size is a benchmark.x86_64 option; with --model use ais_bench's"),
+            (["--output_dirname", "x"], "--output_dirname names a folder under --output; give --output too"),
+            (["--input", str(tmp_path / "nothing")], "--input=" + str(tmp_path / "nothing") + ": no such file"),
+            (["--batchsize", "2", "--input", str(tmp_path / "prep_bin")], "--batchsize=2 but")):
+        status, _, err = _ais("--model", str(work / "tiny_4.onnx"), *flags)
+        assert status == 1 and message in err, err
+    status, _, err = run_tool(benchmark, ["-om_path=x.onnx", "--loop", "2"])
+    assert status == 1 and "--loop is an ais_bench option; use it with --model, not -om_path" in err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["-input_width=72"], r"-input_width=72 -input_height=64 do not match .*tiny_4.onnx: its input is image\[4, 3, 64, 64\]"),
     (["-batch_size=8"], r"-batch_size=8 but .*tiny_4.onnx has a static batch of 4"),
@@ -306,13 +371,23 @@ def test_atc_script_builds_both_onnx_models_without_atc(work, tmp_path):
     assert "atc not used" in result.stdout
 
 
-def test_atc_script_runs_upstreams_atc_commands_when_atc_is_installed(tmp_path):
+def _graph_with_input(path: Path, name: str, dims: list) -> Path:
+    """A one-node ONNX model whose input is ``name`` of ``dims`` (what the atc script reads from a graph)."""
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Identity", [name], ["out"])], "g",
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, dims)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), path)
+    return path
+
+
+def test_atc_script_runs_upstreams_atc_commands_with_the_graphs_input_when_atc_is_installed(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "atc").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/atc_calls\n')
     (bin_dir / "atc").chmod(0o755)
-    (tmp_path / "se_resnext50_32x4d.onnx").write_bytes(b"onnx")
-    env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin")
+    _graph_with_input(tmp_path / "se_resnext50_32x4d.onnx", "image", ["-1", 3, 224, 224])  # seresnext50_pth2onnx.py's
+    env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin", PYTHON=os.sys.executable)
     result = subprocess.run(["bash", str(ROOT / "se_resnext50_32x4d_atc.sh")], cwd=tmp_path, capture_output=True,
                             text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -321,6 +396,21 @@ def test_atc_script_runs_upstreams_atc_commands_when_atc_is_installed(tmp_path):
               "--input_format=NCHW --input_shape=image:16,3,224,224 --log=info --soc_version=Ascend310")
     assert calls == [common.format("_16"),
                      common.format("_aipp_16") + f" --insert_op_conf={ROOT / 'aipp_se_resnext50_32x4d_pth.config'}"]
+    # pthtar2onnx.py's model: input actual_input_1, static batch 16, here at 64 px
+    _graph_with_input(tmp_path / "se_resnext50_gpu8p.onnx", "actual_input_1", [16, 3, 64, 64])
+    result = subprocess.run(["bash", str(ROOT / "se_resnext50_32x4d_atc.sh"), "--model=se_resnext50_gpu8p.onnx",
+                             "--batch_size=4", "--output_dir=om"], cwd=tmp_path, capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--input_shape=actual_input_1:4,3,64,64" in (tmp_path / "atc_calls").read_text().splitlines()[-1]
+    for flag, message in (("--image_size=224", "--image_size=224 but se_resnext50_gpu8p.onnx takes "
+                                               "actual_input_1[16, 3, 64, 64]"),
+                          ("--input_name=image", "--input_name=image: se_resnext50_gpu8p.onnx's input is "
+                                                 "actual_input_1")):
+        result = subprocess.run(["bash", str(ROOT / "se_resnext50_32x4d_atc.sh"), "--model=se_resnext50_gpu8p.onnx",
+                                 flag], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_atc_script_reports_a_bad_aipp_field_with_its_line(work, tmp_path):
