@@ -3,15 +3,17 @@
 #   seresnext50_32x4d_16       binary (.bin) input
 #   seresnext50_32x4d_aipp_16  JPEG input through DVPP + AIPP (aipp_se_resnext50_32x4d_pth.config)
 #
-# With Ascend's `atc` on the PATH (source the CANN set_env.sh first) it runs upstream's two atc commands and
-# writes .om files. Without it, it builds the ONNX Runtime equivalents (.onnx) with `python -m seresnext.build`,
-# which takes the same atc flags: static batch, the AIPP config compiled into ONNX operators, and ONNX
-# Runtime's graph optimizations done once here instead of at every run.
+# The input's name and size come from the graph (seresnext50_pth2onnx.py writes `image`, pthtar2onnx.py
+# `actual_input_1`); --input_name= and --image_size= must agree with it (--image_size= fills a dynamic size,
+# default 224). With Ascend's `atc` on the PATH (source the CANN set_env.sh first) it runs upstream's two atc
+# commands and writes .om files. Without it, it builds the ONNX Runtime equivalents (.onnx) with
+# `python -m seresnext.build`, which takes the same atc flags: static batch, the AIPP config compiled into ONNX
+# operators, and ONNX Runtime's graph optimizations done once here instead of at every run.
 #
 # Usage: bash se_resnext50_32x4d_atc.sh [--model=./se_resnext50_32x4d.onnx] [--batch_size=16]
 #          [--soc_version=Ascend310] [--aipp_config=./aipp_se_resnext50_32x4d_pth.config]
-#          [--output_dir=.] [--backend=auto|atc|onnxruntime] [--target=cpu|cuda] [--image_size=224]
-#          [--precision=fp32|int8 --calib_dir=./prep_bin [--calib_count=64]] [--optimization=extended|basic|all]
+#          [--output_dir=.] [--backend=auto|atc|onnxruntime] [--target=cpu|cuda] [--image_size=N] [--input_name=X]
+#          [--precision=fp32|int8 --calib_dir=DIR [--calib_count=64]] [--optimization=extended|basic|all]
 #          [--regroup=false|true]  (fp32 on the CPU: merge small conv groups for ONNX Runtime's NCHWc kernels)
 # int8 (ONNX Runtime only) adds _int8 to the names: seresnext50_32x4d_int8_16.onnx, ..._aipp_int8_16.onnx.
 set -euo pipefail
@@ -28,10 +30,10 @@ calib_dir=""
 calib_count=64
 optimization=extended
 regroup=false
-input_name=image
-image_size=224
+input_name=""   # default: the graph's
+image_size=""   # default: the graph's (224 where it is dynamic)
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 for arg in "$@"; do
   case "$arg" in
@@ -59,7 +61,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 if [ "$regroup" != true ] && [ "$regroup" != false ]; then
   echo "se_resnext50_32x4d_atc.sh: error: --regroup=$regroup: expected true or false" >&2; exit 2
 fi
-for value in "batch_size=$batch_size" "image_size=$image_size"; do
+for value in "batch_size=$batch_size" ${image_size:+"image_size=$image_size"}; do
   if ! [[ "${value#*=}" =~ ^[1-9][0-9]*$ ]]; then
     echo "se_resnext50_32x4d_atc.sh: error: --$value: expected a positive integer" >&2; exit 2
   fi
@@ -74,12 +76,31 @@ case "$backend" in
   atc|onnxruntime) ;;
   *) echo "se_resnext50_32x4d_atc.sh: error: --backend=$backend: expected auto, atc or onnxruntime" >&2; exit 2 ;;
 esac
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  if [ -x "$here/.venv/bin/python" ]; then python="$here/.venv/bin/python"; else python=python3; fi
+fi
+if [ -n "$input_name" ] && [ -n "$image_size" ]; then
+  shape="$input_name:$batch_size,3,$image_size,$image_size"
+else  # read the input's name and size from the graph
+  describe=(--model="$model" --describe_input --batch_size="$batch_size")
+  [ -z "$image_size" ] || describe+=(--image_size="$image_size")
+  [ -z "$input_name" ] || describe+=(--input_name="$input_name")
+  errors=$(mktemp)
+  if ! shape=$(PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$python" -m seresnext.build "${describe[@]}" 2>"$errors"); then
+    echo "se_resnext50_32x4d_atc.sh: error: cannot read the input of $model with $python: $(tail -n 1 "$errors" |
+      sed 's/^seresnext.build: error: //') (or pass --input_name= and --image_size=)" >&2
+    rm -f "$errors"
+    exit 1
+  fi
+  rm -f "$errors"
+fi
+echo "se_resnext50_32x4d_atc.sh: input $shape"
 mkdir -p "$output_dir"
 suffix=""
 [ "$precision" = fp32 ] || suffix="_$precision"
 binary_out="$output_dir/seresnext50_32x4d${suffix}_${batch_size}"
 aipp_out="$output_dir/seresnext50_32x4d_aipp${suffix}_${batch_size}"
-shape="$input_name:$batch_size,3,$image_size,$image_size"
 
 if [ "$backend" = atc ]; then
   if ! command -v atc >/dev/null 2>&1; then
@@ -102,10 +123,6 @@ if [ "$backend" = atc ]; then
   exit 0
 fi
 
-python=${PYTHON:-}
-if [ -z "$python" ]; then
-  if [ -x "$here/.venv/bin/python" ]; then python="$here/.venv/bin/python"; else python=python3; fi
-fi
 extra=(--precision="$precision" --target="$target" --optimization="$optimization")
 [ -z "$calib_dir" ] || extra+=(--calib_dir="$calib_dir" --calib_count="$calib_count")
 [ "$regroup" = false ] || extra+=(--regroup)

@@ -41,8 +41,8 @@ import onnx
 from .aipp import AIPP_METADATA_KEY, insert_aipp, load_aipp_config
 from .formats import atomic_write, read_bin
 
-__all__ = ["BuildError", "BuildOptions", "build", "parse_input_shape", "regroup_convs", "nchwc_block_size",
-           "BUILD_METADATA_KEY", "main"]
+__all__ = ["BuildError", "BuildOptions", "build", "parse_input_shape", "describe_input", "regroup_convs",
+           "nchwc_block_size", "BUILD_METADATA_KEY", "main"]
 
 BUILD_METADATA_KEY = "seresnext.build"
 TARGET_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -89,11 +89,48 @@ def _dims(value_info) -> list[int | str]:
             for d in value_info.type.tensor_type.shape.dim]
 
 
+def _model_inputs(model: onnx.ModelProto) -> list:
+    initializers = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def describe_input(model_path: str, batch_size: int, image_size: int | None = None,
+                   input_name: str | None = None) -> str:
+    """atc's ``--input_shape`` for a model, read from its graph: ``name:batch,C,H,W``.
+
+    The name is the graph's one input (``image`` from seresnext50_pth2onnx.py, ``actual_input_1`` from
+    pthtar2onnx.py) and H, W its static size; ``image_size`` fills a dynamic size (default 224) and must
+    agree with a static one; ``input_name`` must be the graph's.
+    """
+    if not Path(model_path).is_file():
+        raise BuildError(f"--model={model_path}: no such file")
+    try:
+        model = onnx.load(model_path, load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise BuildError(f"--model={model_path}: not an ONNX model ({exc.__class__.__name__}: {exc})") from None
+    inputs = _model_inputs(model)
+    if len(inputs) != 1:
+        raise BuildError(f"--model={model_path}: one model input expected, found {len(inputs)} "
+                         f"({', '.join(i.name for i in inputs)})")
+    name, dims = inputs[0].name, _dims(inputs[0])
+    if input_name and input_name != name:
+        raise BuildError(f"--input_name={input_name}: {model_path}'s input is {name}{dims}")
+    if len(dims) != 4:
+        raise BuildError(f"--model={model_path}: input {name}{dims} is not NCHW images")
+    channels = dims[1] if isinstance(dims[1], int) else 3
+    static = [d for d in dims[2:] if isinstance(d, int)]
+    if static and image_size and any(d != image_size for d in static):
+        raise BuildError(f"--image_size={image_size} but {model_path} takes {name}{dims}; leave --image_size out "
+                         f"or export the model at {image_size}")
+    height = dims[2] if isinstance(dims[2], int) else (image_size or 224)
+    width = dims[3] if isinstance(dims[3], int) else (image_size or 224)
+    return f"{name}:{batch_size},{channels},{height},{width}"
+
+
 def _fix_shape(model: onnx.ModelProto, name: str, shape: list[int], source: str) -> None:
     """Set the input to ``shape`` (a static batch); the other dims must already agree."""
     graph = model.graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
+    inputs = _model_inputs(model)
     names = [i.name for i in inputs]
     if name not in names:
         raise BuildError(f"--input_shape: {source} has no input {name!r} (its inputs: {', '.join(names)})")
@@ -354,9 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="source ONNX model")
     parser.add_argument("--framework", default="5", help="atc's framework id; only 5 (ONNX)")
-    parser.add_argument("--output", required=True, help="output name; '.onnx' is added")
+    parser.add_argument("--output", help="output name; '.onnx' is added (required unless --describe_input)")
     parser.add_argument("--input_format", default="NCHW", help="only NCHW")
-    parser.add_argument("--input_shape", required=True, help="'name:N,C,H,W', e.g. image:16,3,224,224")
+    parser.add_argument("--input_shape", help="'name:N,C,H,W', e.g. image:16,3,224,224 (required unless "
+                        "--describe_input)")
     parser.add_argument("--insert_op_conf", default=None, help="AIPP config to compile into the model")
     parser.add_argument("--log", default="error", help="accepted for atc compatibility")
     parser.add_argument("--soc_version", default=None, help="recorded; the target is --target")
@@ -373,11 +411,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--regroup", action="store_true",
                         help="fp32 on the CPU: merge grouped convolutions' small groups into NCHWc-sized ones "
                              "(see regroup_convs; off by default)")
+    describe = parser.add_argument_group("--describe_input: print atc's --input_shape for --model and exit")
+    describe.add_argument("--describe_input", action="store_true",
+                          help="print 'name:N,C,H,W' (name and C,H,W from the graph) and build nothing")
+    describe.add_argument("--batch_size", type=int, default=16, help="N (default 16)")
+    describe.add_argument("--image_size", type=int, default=None,
+                          help="H and W where the graph leaves them dynamic (default 224); must match static ones")
+    describe.add_argument("--input_name", default=None, help="the input name expected (default: the graph's)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.describe_input:
+        if args.batch_size < 1 or (args.image_size is not None and args.image_size < 1):
+            raise BuildError("--batch_size and --image_size must be positive")
+        print(describe_input(args.model, args.batch_size, args.image_size, args.input_name))
+        return 0
+    for name in ("output", "input_shape"):
+        if not getattr(args, name):
+            raise BuildError(f"--{name} is required")
     if str(args.framework) != "5":
         raise BuildError(f"--framework={args.framework}: only 5 (ONNX) is supported")
     if args.input_format != "NCHW":
