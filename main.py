@@ -94,12 +94,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     # other upstream flags
     parser.add_argument("--pretrained", nargs="?", const="./model_best.pth.tar", default=None, metavar="PATH",
                         help="fine-tune from a checkpoint or Cadene weight file with a fresh last_linear and a "
-                             "frozen backbone; with --evaluate, evaluate the file's whole model, last_linear "
-                             "included (default path: ./model_best.pth.tar)")
+                             "frozen backbone, BatchNorm statistics included; with --evaluate, evaluate the file's "
+                             "whole model, last_linear included (default path: ./model_best.pth.tar)")
     parser.add_argument("-p", "--print-freq", default=10, type=int, metavar="N", help="print frequency (steps)")
     parser.add_argument("--eval-freq", default=10, type=int, help="validate every N epochs (and after the last)")
     parser.add_argument("--stop-step-num", default=None, type=int,
-                        help="stop after this many training steps (this run), then validate and save")
+                        help="stop after this many training steps (this run), then validate if due (--eval-freq) "
+                             "and save a checkpoint that resumes mid-epoch")
     parser.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to continue from")
     parser.add_argument("-e", "--evaluate", dest="evaluate", action="store_true",
                         help="only evaluate (the --resume or --pretrained weights) on the val set")
@@ -263,7 +264,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
             for name, param in model.named_parameters():
                 param.requires_grad = name.startswith("last_linear.")
             printer.line(f"=> fine-tuning from '{args.pretrained}': new last_linear ({num_classes} classes), "
-                         f"backbone frozen")
+                         f"backbone frozen (weights and BatchNorm statistics)")
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         model.to(device, memory_format=memory_format)
 

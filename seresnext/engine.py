@@ -244,6 +244,17 @@ class EpochResult:
     bad_paths: list[str] = field(default_factory=list)
 
 
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, except BatchNorm layers whose weight and bias are frozen (``--pretrained``'s
+    backbone): they stay in eval mode, so their running statistics stay frozen too."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            parameters = list(module.parameters(recurse=False))
+            if parameters and not any(p.requires_grad for p in parameters):
+                module.eval()
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     loader: Iterable, device: torch.device, epoch: int, *, precision: Precision,
                     scaler: torch.amp.GradScaler, lr_at: Callable[[int, int], float], ctx: DistContext,
@@ -260,7 +271,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     images) is unreadable. ``check()`` runs after every step; what it raises (e.g. a failed checkpoint
     write) ends the epoch at once.
     """
-    model.train()
+    set_train_mode(model)
     hooks = hooks or FaultHooks()
     total = start_step + (num_steps if num_steps is not None else len(loader))
     batch_fmt = _batch_fmt(total)
