@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["LabelError", "imagenet_class_names", "labels_from_devkit", "labels_from_class_folders",
-           "VAL_IMAGE_NAME"]
+           "diagnose_val_labels", "VAL_IMAGE_NAME"]
 
 VAL_IMAGE_NAME = "ILSVRC2012_val_{:08d}.JPEG"
 _META = "data/meta.mat"
@@ -114,3 +114,30 @@ def labels_from_class_folders(folder: str | PathLike) -> tuple[list[str], list[t
     if not rows:
         raise LabelError(f"{folder}: the class folders hold no files")
     return classes, sorted(rows.items())
+
+
+def diagnose_val_labels(labels: dict[str, int], truth: dict[str, int]) -> str | None:
+    """Why ``labels`` (image name -> class, from a ``val_label.txt``) disagree with ``truth`` (from the
+    ``val/<wnid>/`` folders, sorted-WNID order), or None when every image of ``truth`` has its label.
+
+    Recognises the two usual mistakes, both of which give near-chance accuracy: 1-based labels, and another
+    class order (each folder's images share one label that is not the folder's index, e.g. the devkit's
+    ILSVRC2012_ID numbering).
+    """
+    missing = [name for name in truth if name not in labels]
+    if missing:
+        return (f"has no line for {len(missing)} of the {len(truth)} images in val/ (e.g. {missing[0]}); it "
+                f"needs one line per image")
+    wrong = [name for name in truth if labels[name] != truth[name]]
+    if not wrong:
+        return None
+    if all(labels[name] == truth[name] + 1 for name in truth):
+        return "is 1-based: every label is one more than its val/<wnid>/ folder's index (labels must be 0-based)"
+    mapped: dict[int, set[int]] = {}
+    for name, cls in truth.items():
+        mapped.setdefault(cls, set()).add(labels[name])
+    if all(len(v) == 1 for v in mapped.values()) and len({next(iter(v)) for v in mapped.values()}) == len(mapped):
+        return (f"numbers the classes in another order: the images of each val/<wnid>/ folder share one label, but "
+                f"{sum(1 for c, v in mapped.items() if v != {c})} of {len(mapped)} classes are not at their "
+                f"sorted-WNID index (the devkit's ILSVRC2012_ID order? make_val_label.py devkit maps it)")
+    return f"gives {len(wrong)} of the {len(truth)} images another class than their val/<wnid>/ folder"

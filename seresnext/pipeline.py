@@ -3,22 +3,39 @@
 Every stage runs the same command a user would type from the README (``test/train_full_1p.sh``,
 ``seresnext50_pth2onnx.py``, ``preprocess_se_resnext50_32x4d_pth.py``, ``get_info.py``,
 ``se_resnext50_32x4d_atc.sh``, ``benchmark.py``, ``vision_metric_ImageNet.py``), so the job is a check that
-the documented chain works. A stage that finished leaves a stamp in ``<work>/.done/``; running the job
-again skips it (``--force`` reruns everything, ``--from STAGE`` reruns from a stage on). Ctrl-C stops the job
-with one line; the training stage of the next run continues from the checkpoint the interrupted one saved.
+the documented chain works.
+
+A stage that finished leaves a stamp in ``<work>/.done/`` recording what it depended on (data path, recipe,
+flags, and the size and time of its input files). Running the job again reuses a stage whose inputs are
+unchanged; a changed input redoes that stage and every stage after it, and one line says why. ``--force``
+redoes everything, ``--from STAGE`` redoes from a stage on.
+
+On real data (``--data_path``), the first stage prepares what the offline chain needs: ``val_flat/`` (links
+to ``val/<wnid>/*``, made under the work folder when the dataset has none) and ``val_label.txt`` (0-based,
+sorted-WNID order, built from ``val/<wnid>/``; a ``val_label.txt`` in the dataset is checked against it).
+
+Ctrl-C stops the job with one line; the training stage of the next run continues from the checkpoint the
+interrupted one saved.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .formats import FormatError, image_stem, read_val_label, write_val_label
+from .imagenet import LabelError, diagnose_val_labels, labels_from_class_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "train", "export", "preprocess", "info", "build", "run_bin", "run_jpg", "metric")
@@ -34,7 +51,16 @@ SAMPLE_TRAIN = {"image_size": 64, "val_resize": 72, "epochs": 25, "batch_size": 
                 "extra": ["--optimizer=adamw", "--wd=0.05", "--min-crop-scale=0.35", "--max-crop-aspect=1.67",
                           "--warmup-epochs=1", "--seed=0", "--label-smoothing=0.1", "--channels-last",
                           "--eval-freq=5"]}
-REAL_TRAIN = {"image_size": 224, "val_resize": 256, "epochs": None, "batch_size": None, "lr": None, "extra": []}
+# Real data runs upstream's launch wrappers with their recipes (written out here so the stamp records them):
+# 1p is test/train_full_1p.sh, upstream's 1-epoch check on one device; 8p is test/train_full_8p.sh, upstream's
+# full recipe on up to 8 devices (one process each). Both at 224 px with AMP (O2, loss scale 16).
+REAL_TRAIN = {
+    "1p": {"script": "test/train_full_1p.sh", "image_size": 224, "val_resize": 256, "epochs": 1,
+           "batch_size": 256, "lr": 0.1, "extra": []},
+    "8p": {"script": "test/train_full_8p.sh", "image_size": 224, "val_resize": 256, "epochs": 100,
+           "batch_size": 1024, "lr": 0.4, "extra": []},
+}
+TRAIN_SCRIPT = "test/train_full_1p.sh"  # the sample recipe's wrapper
 
 
 class StageError(RuntimeError):
@@ -62,14 +88,26 @@ class Job:
     def path(self, *parts: str) -> Path:
         return self.work.joinpath(*parts)
 
+    @property
+    def val_flat(self) -> Path:
+        """The flat val folder: links made under the work folder, else the dataset's own ``val_flat/``."""
+        made = self.path("val_flat")
+        return made if made.is_dir() else self.data / "val_flat"
+
+    @property
+    def labels(self) -> Path:
+        """``val_label.txt`` as the data stage built it from ``val/<wnid>/``."""
+        return self.path("val_label.txt")
+
 
 def say(message: str) -> None:
     print(f"[quickstart] {message}", flush=True)
 
 
-def run(stage: str, command: list[str], log: Path) -> str:
+def run(stage: str, command: list[str], log: Path, python: str = sys.executable) -> str:
     """Run one command, streaming its output to the terminal and to ``log``; raise StageError on failure.
 
+    ``PYTHON`` is set to ``python`` so that the shell scripts (wrappers, atc script) use this job's Python.
     On Ctrl-C the command gets SIGINT too and is waited for (main.py saves its checkpoint), its last output
     goes to ``log`` only, and KeyboardInterrupt is raised again.
     """
@@ -78,7 +116,8 @@ def run(stage: str, command: list[str], log: Path) -> str:
     lines = []
     with open(log, "w") as sink:
         process = subprocess.Popen([str(c) for c in command], cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                   env={**os.environ, "PYTHON": python})
         try:
             for line in process.stdout:
                 sink.write(line)
@@ -102,10 +141,56 @@ def run(stage: str, command: list[str], log: Path) -> str:
 
 
 def stage_data(job: Job) -> None:
-    if not job.sample:
+    if job.sample:
+        run("data", [job.python, "-m", "seresnext.sample_data", "--out", job.data, "--overwrite"],
+            job.path("logs", "data.log"), job.python)
+    prepare_offline_data(job)
+
+
+def prepare_offline_data(job: Job) -> None:
+    """``val_flat/`` and ``val_label.txt`` for the offline chain, from ``val/<wnid>/``; say what was done."""
+    for split in ("train", "val"):
+        if not (job.data / split).is_dir():
+            raise StageError(f"--data_path {job.data}: no {split}/ folder (expected ImageNet in ImageFolder "
+                             f"layout: train/<wnid>/, val/<wnid>/)")
+    try:
+        classes, rows = labels_from_class_folders(job.data / "val")
+    except LabelError as exc:
+        raise StageError(str(exc)) from None
+    truth = {image_stem(name): label for name, label in rows}
+    made = job.path("val_flat")
+    if made.is_dir() and not made.is_symlink():
+        shutil.rmtree(made)
+    elif made.is_symlink() or made.exists():
+        made.unlink()
+    own = job.data / "val_flat"
+    if own.is_dir() and sorted(e.name for e in os.scandir(own) if not e.name.startswith(".")) == \
+            sorted(name for name, _ in rows):
+        say(f"data: using {own} ({len(rows)} images, the same as val/<wnid>/)")
+    else:
+        if own.is_dir():
+            say(f"data: {own} does not hold the images of val/<wnid>/; linking them into {made} instead")
+        building = job.path(".val_flat.tmp")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        for name, label in rows:
+            (building / name).symlink_to(job.data / "val" / classes[label] / name)
+        building.rename(made)
+        say(f"data: linked the {len(rows)} val images into {made}")
+    write_val_label(job.labels, rows)
+    given = job.data / "val_label.txt"
+    if not given.is_file():
+        say(f"data: wrote {job.labels} from val/<wnid>/ ({len(rows)} images, {len(classes)} classes, 0-based)")
         return
-    run("data", [job.python, "-m", "seresnext.sample_data", "--out", job.data, "--overwrite"],
-        job.path("logs", "data.log"))
+    try:
+        problem = diagnose_val_labels(read_val_label(given), truth)
+    except FormatError as exc:
+        problem = f"cannot be read ({exc})"
+    if problem is None:
+        say(f"data: {given} agrees with val/<wnid>/; the chain uses the same labels in {job.labels}")
+    else:
+        say(f"data: warning: {given} {problem}; it would score near chance, so the chain uses {job.labels}, "
+            f"built from val/<wnid>/ (as make_val_label.py folder does)")
 
 
 def interrupted_training(folder: Path, epochs: int | None) -> str | None:
@@ -128,7 +213,8 @@ def interrupted_training(folder: Path, epochs: int | None) -> str | None:
 
 def stage_train(job: Job) -> None:
     recipe = job.recipe
-    command = ["bash", "test/train_full_1p.sh", f"--data_path={job.data}", f"--output_dir={job.path('train')}",
+    command = ["bash", recipe.get("script", TRAIN_SCRIPT), f"--data_path={job.data}",
+               f"--output_dir={job.path('train')}",
                f"--image_size={recipe['image_size']}", f"--val-resize-size={recipe['val_resize']}",
                f"--val-crop-size={recipe['image_size']}"]
     for key, flag in (("epochs", "--epochs"), ("batch_size", "--batch_size"), ("lr", "--lr")):
@@ -139,7 +225,7 @@ def stage_train(job: Job) -> None:
     if stopped_at:  # otherwise the wrapper starts a new run over an earlier one
         say(f"train: continuing the interrupted run from its checkpoint ({stopped_at})")
         command.append("--auto-resume")
-    output = run("train", command, job.path("logs", "train.log"))
+    output = run("train", command, job.path("logs", "train.log"), job.python)
     found = {k: re.findall(pattern, output) for k, pattern in
              (("fps", r"Final Performance images/sec : ([0-9.]+)"), ("acc1", r"Final Train Accuracy : ([0-9.]+)"))}
     if not (job.path("train", "model_best.pth.tar")).is_file():
@@ -149,24 +235,22 @@ def stage_train(job: Job) -> None:
 
 def stage_export(job: Job) -> None:
     run("export", [job.python, "seresnext50_pth2onnx.py", job.path("train", "model_best.pth.tar"),
-                   job.path("se_resnext50_32x4d.onnx"), "--image-size", job.size], job.path("logs", "export.log"))
-
-
-def val_flat(job: Job) -> Path:
-    return job.data / "val_flat"
+                   job.path("se_resnext50_32x4d.onnx"), "--image-size", job.size], job.path("logs", "export.log"),
+        job.python)
 
 
 def stage_preprocess(job: Job) -> None:
-    run("preprocess", [job.python, "preprocess_se_resnext50_32x4d_pth.py", val_flat(job), job.path("prep_bin"),
+    shutil.rmtree(job.path("prep_bin"), ignore_errors=True)  # no .bin of another dataset may stay behind
+    run("preprocess", [job.python, "preprocess_se_resnext50_32x4d_pth.py", job.val_flat, job.path("prep_bin"),
                        "--resize", job.resize, "--crop", job.size, "--no-progress"],
-        job.path("logs", "preprocess.log"))
+        job.path("logs", "preprocess.log"), job.python)
 
 
 def stage_info(job: Job) -> None:
     run("info", [job.python, "get_info.py", "bin", job.path("prep_bin"), job.path("seresnext50_val.info"),
-                 job.size, job.size], job.path("logs", "info_bin.log"))
-    run("info", [job.python, "get_info.py", "jpg", val_flat(job), job.path("ImageNet.info")],
-        job.path("logs", "info_jpg.log"))
+                 job.size, job.size], job.path("logs", "info_bin.log"), job.python)
+    run("info", [job.python, "get_info.py", "jpg", job.val_flat, job.path("ImageNet.info")],
+        job.path("logs", "info_jpg.log"), job.python)
 
 
 def aipp_config(job: Job) -> Path:
@@ -190,19 +274,27 @@ def aipp_config(job: Job) -> Path:
 def stage_build(job: Job) -> None:
     run("build", ["bash", "se_resnext50_32x4d_atc.sh", f"--model={job.path('se_resnext50_32x4d.onnx')}",
                   f"--batch_size={job.batch}", f"--image_size={job.size}", f"--aipp_config={aipp_config(job)}",
-                  f"--output_dir={job.work}"], job.path("logs", "build.log"))
+                  f"--output_dir={job.work}"], job.path("logs", "build.log"), job.python)
+
+
+def runner_model(job: Job, mode: str) -> Path:
+    return job.path(f"seresnext50_32x4d_{'' if mode == 'bin' else 'aipp_'}{job.batch}.onnx")
+
+
+def runner_info(job: Job, mode: str) -> Path:
+    return job.path("seresnext50_val.info" if mode == "bin" else "ImageNet.info")
 
 
 def runner(job: Job, mode: str) -> None:
     binary = mode == "bin"
-    model = job.path(f"seresnext50_32x4d_{'' if binary else 'aipp_'}{job.batch}.onnx")
+    model, info = runner_model(job, mode), runner_info(job, mode)
     size = job.size if binary else job.resize
-    info = job.path("seresnext50_val.info" if binary else "ImageNet.info")
+    shutil.rmtree(job.path(f"result_{mode}"), ignore_errors=True)  # the metric counts every dump in the folder
     output = run(f"run_{mode}", [job.python, "benchmark.py", "-model_type=vision", f"-om_path={model}",
                                  "-device_id=0", f"-batch_size={job.batch}", f"-input_text_path={info}",
                                  f"-input_width={size}", f"-input_height={size}", "-output_binary=false",
                                  f"-useDvpp={'false' if binary else 'true'}", f"-result_dir={job.path('result_' + mode)}",
-                                 "-progress=false"], job.path("logs", f"run_{mode}.log"))
+                                 "-progress=false"], job.path("logs", f"run_{mode}.log"), job.python)
     rates = re.findall(r"\[e2e\] throughputRate: ([0-9.]+)", output)
     perf = job.path(f"result_{mode}", f"perf_vision_batchsize_{job.batch}_device_0.txt")
     if not rates and perf.is_file():
@@ -219,10 +311,116 @@ def stage_run_jpg(job: Job) -> None:
 
 
 def stage_metric(job: Job) -> None:
-    labels = job.data / "val_label.txt"
     for mode in ("bin", "jpg"):
         run("metric", [job.python, "vision_metric_ImageNet.py", job.path(f"result_{mode}", "dumpOutput_device0"),
-                       labels, job.path(f"result_{mode}"), "result.json"], job.path("logs", f"metric_{mode}.log"))
+                       job.labels, job.path(f"result_{mode}"), "result.json"], job.path("logs", f"metric_{mode}.log"),
+            job.python)
+
+
+# A stage whose outputs a rerun may continue from (main.py resumes from its checkpoint) when it was interrupted
+# with the same inputs; otherwise they are removed before the stage runs again.
+RESUMABLE = {"train": "train"}
+
+STAGE_FUNCTIONS: dict[str, Callable[[Job], None]] = {
+    "data": stage_data, "train": stage_train, "export": stage_export, "preprocess": stage_preprocess,
+    "info": stage_info, "build": stage_build, "run_bin": stage_run_bin, "run_jpg": stage_run_jpg,
+    "metric": stage_metric,
+}
+
+
+# ----------------------------------------------------------------------------------------------- stamps
+def fingerprint(path: Path) -> str | None:
+    """Size and modification time of a file, or of every file under a folder (with their names), as a short
+    hash; None when missing. Cheap enough for 50,000 val images; contents are not read."""
+    if not path.exists():
+        return None
+    if path.is_file():
+        info = path.stat()
+        return f"{info.st_size}:{info.st_mtime_ns}"
+    digest = hashlib.sha256()
+    count = 0
+    for folder, dirs, files in os.walk(path, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            file = Path(folder, name)
+            try:
+                info = file.stat()
+            except FileNotFoundError:  # a dangling link
+                continue
+            digest.update(f"{file.relative_to(path)} {info.st_size} {info.st_mtime_ns}\n".encode())
+            count += 1
+    return f"{count} files:{digest.hexdigest()[:16]}"
+
+
+def stage_inputs(job: Job, stage: str) -> dict:
+    """What a stage depends on: settings, and under ``files`` the fingerprints of the files it reads."""
+    if stage == "data":
+        settings = {"data_path": str(job.data), "sample set": job.sample}
+        files = {"val": job.data / "val"} if job.sample else {
+            "val": job.data / "val", "val_flat": job.data / "val_flat", "val_label.txt": job.data / "val_label.txt"}
+    elif stage == "train":
+        train = job.data / "train"
+        settings = {"data_path": str(job.data), "recipe": job.recipe,
+                    "classes": sorted(e.name for e in os.scandir(train)) if train.is_dir() else None}
+        files = {}
+    elif stage == "export":
+        settings, files = {"image_size": job.size}, {"model_best.pth.tar": job.path("train", "model_best.pth.tar")}
+    elif stage == "preprocess":
+        settings, files = {"resize": job.resize, "crop": job.size}, {"val_flat": job.val_flat}
+    elif stage == "info":
+        settings, files = {"size": job.size}, {"prep_bin": job.path("prep_bin"), "val_flat": job.val_flat}
+    elif stage == "build":
+        settings = {"batch": job.batch, "size": job.size, "resize": job.resize}
+        files = {"se_resnext50_32x4d.onnx": job.path("se_resnext50_32x4d.onnx")}
+    elif stage in ("run_bin", "run_jpg"):
+        mode = stage[4:]
+        settings = {"batch": job.batch}
+        files = {path.name: path for path in (runner_model(job, mode), runner_info(job, mode))}
+    elif stage == "metric":
+        settings = {}
+        files = {"val_label.txt": job.labels,
+                 **{f"result_{m}": job.path(f"result_{m}", "dumpOutput_device0") for m in ("bin", "jpg")}}
+    else:
+        raise KeyError(stage)
+    return {**settings, "files": {name: fingerprint(path) for name, path in files.items()}}
+
+
+def _flatten(inputs: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in inputs.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _short(value) -> str:
+    """A value for the one-line reason: strings (paths) whole, lists and the like cut at 60 characters."""
+    if isinstance(value, str):
+        return value
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def why_redo(stamp: Path, inputs: dict) -> str | None:
+    """None when ``stamp`` records exactly ``inputs``; else one phrase saying what changed first."""
+    try:
+        recorded = json.loads(stamp.read_text())["inputs"]
+    except (ValueError, KeyError, TypeError):
+        return "its stamp (from an older version) records no inputs"
+    old, new = _flatten(recorded), _flatten(json.loads(json.dumps(inputs)))
+    for key in list(new) + [k for k in old if k not in new]:
+        if old.get(key) != new.get(key):
+            if key.startswith("files."):
+                name = key[len("files."):]
+                return f"{name} changed" if new.get(key) is not None else f"{name} is gone"
+            return f"{key} changed ({_short(old.get(key))} -> {_short(new.get(key))})"
+    return None
+
+
+def write_stamp(stamp: Path, inputs: dict) -> None:
+    stamp.write_text(json.dumps({"finished": time.time(), "inputs": inputs}, indent=1) + "\n")
 
 
 def read_accuracy(result_json: Path) -> dict:
@@ -254,7 +452,7 @@ def summary(job: Job) -> tuple[str, list[float]]:
              f"{'':40s} {'top-1':>7s} {'top-5':>7s}  speed"]
     lines += [f"{name:40s} {t1:7.2f} {t5:7.2f}  {speed}" for name, t1, t5, speed in rows]
     lines += ["", "artifacts:",
-              f"  dataset             {job.data}",
+              f"  dataset             {job.data} (labels: {job.labels}, val images: {job.val_flat})",
               f"  checkpoints         {job.path('train', 'checkpoint.pth.tar')}, {job.path('train', 'model_best.pth.tar')}",
               f"  training curves     {job.path('train', 'train_curves.png')} ({train_log.name} beside it)",
               f"  ONNX (export)       {job.path('se_resnext50_32x4d.onnx')}",
@@ -265,6 +463,45 @@ def summary(job: Job) -> tuple[str, list[float]]:
     return "\n".join(lines), [r[1] for r in rows]
 
 
+def reason_to_run(job: Job, stage: str, stamp: Path, force: bool, start: str | None,
+                  redone: str | None) -> str | None:
+    """Why ``stage`` must run ("" on a first run), or None when its stamp shows it done with these inputs."""
+    if force:
+        return "--force"
+    if stage == start:
+        return f"--from {stage}"
+    if redone:
+        return f"after {redone}"
+    if stamp.exists():
+        return why_redo(stamp, stage_inputs(job, stage))
+    return ""
+
+
+def run_stages(job: Job, force: bool = False, start: str | None = None) -> None:
+    """Run the stages that need it, in order; a stage redone makes every later one run too."""
+    done = job.path(".done")
+    done.mkdir(parents=True, exist_ok=True)
+    redone = None
+    for number, stage in enumerate(STAGES, 1):
+        stamp, running, head = done / stage, done / f"{stage}.running", f"[{number}/{len(STAGES)}] {stage}"
+        reason = reason_to_run(job, stage, stamp, force, start, redone)
+        if reason is None:
+            say(f"{head}: done before with the same inputs, reused (--force or --from {stage} redoes it)")
+            continue
+        redone = redone or stage
+        say(f"{head}: redone: {reason}" if stamp.exists() and reason else f"{head} ...")
+        inputs = stage_inputs(job, stage)
+        if stage in RESUMABLE and (stamp.exists() or not running.is_file() or why_redo(running, inputs)):
+            shutil.rmtree(job.path(RESUMABLE[stage]), ignore_errors=True)  # nothing to continue from
+        stamp.unlink(missing_ok=True)
+        write_stamp(running, inputs)
+        began = time.perf_counter()
+        STAGE_FUNCTIONS[stage](job)
+        write_stamp(stamp, stage_inputs(job, stage))
+        running.unlink()
+        say(f"{head}: finished in {time.perf_counter() - began:.0f} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quickstart.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -273,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the sample set into <work>/sample")
     parser.add_argument("--work_dir", default=str(ROOT / "quickstart"), help="where everything goes")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--recipe", choices=tuple(REAL_TRAIN), default=None,
+                        help="with --data_path: 1p (default: test/train_full_1p.sh, 1 epoch, batch 256, lr 0.1) or "
+                             "8p (test/train_full_8p.sh, upstream's 100 epochs, batch 1024, lr 0.4, up to 8 devices)")
     parser.add_argument("--force", action="store_true", help="rerun every stage")
     parser.add_argument("--from", dest="start", choices=STAGES, default=None, help="rerun from this stage on")
     parser.add_argument("--min-top1", type=float, default=None,
@@ -284,32 +524,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     work = Path(args.work_dir).resolve()
     sample = args.data_path is None
-    recipe = dict(SAMPLE_TRAIN if sample else REAL_TRAIN)
+    if sample and args.recipe:
+        say("error: --recipe chooses the recipe for real data (--data_path); the sample set has its own "
+            "(--epochs changes its length)")
+        return 2
+    recipe = dict(SAMPLE_TRAIN if sample else REAL_TRAIN[args.recipe or "1p"])
     if args.epochs is not None:
         recipe["epochs"] = args.epochs
     job = Job(work=work, data=(work / "sample") if sample else Path(args.data_path).resolve(), sample=sample,
               recipe=recipe)
-    if not sample and not (job.data / "val_flat").is_dir():
-        say(f"error: --data_path {job.data} has no val_flat/ (a flat folder of the val JPEGs) for the offline "
-            f"chain; make one with links to val/<wnid>/*.JPEG, and val_label.txt with make_val_label.py")
+    if not sample and not job.data.is_dir():
+        say(f"error: --data_path {job.data}: no such folder")
         return 2
-    done = work / ".done"
-    done.mkdir(parents=True, exist_ok=True)
-    stale = args.force
     started = time.perf_counter()
     try:
-        for number, stage in enumerate(STAGES, 1):
-            stale = stale or stage == args.start
-            stamp = done / stage
-            if stamp.exists() and not stale:
-                say(f"[{number}/{len(STAGES)}] {stage}: done before, reused (--force or --from {stage} redoes it)")
-                continue
-            stale = True  # everything after a redone stage depends on it
-            say(f"[{number}/{len(STAGES)}] {stage} ...")
-            began = time.perf_counter()
-            globals()[f"stage_{stage}"](job)
-            stamp.write_text(f"{time.time()}\n")
-            say(f"[{number}/{len(STAGES)}] {stage}: finished in {time.perf_counter() - began:.0f} s")
+        run_stages(job, force=args.force, start=args.start)
         text, top1s = summary(job)
     except (StageError, OSError, ValueError, KeyError) as exc:
         say(f"error: {exc}")

@@ -1,6 +1,8 @@
 """quickstart.sh's stages after training, on a tiny sample and a seeded checkpoint, and stage reuse."""
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +10,8 @@ import time
 
 import pytest
 import torch
+
+from offline_helpers import ROOT
 
 from senet import se_resnext50_32x4d
 from seresnext import pipeline
@@ -28,9 +32,11 @@ def test_offline_stages_run_the_documented_chain_and_reruns_reuse_them(tmp_path,
         {"epoch": 0, "images_per_second": 50.0, "val_top1": 40.0, "val_top5": 100.0},
         {"epoch": 1, "images_per_second": 52.0, "val_top1": None, "val_top5": None},  # not validated (--eval-freq)
         {"epoch": 2, "images_per_second": 51.0, "val_top1": 45.0, "val_top5": 100.0})))
+    job = pipeline.Job(work=work, data=work / "sample", sample=True, recipe=dict(pipeline.SAMPLE_TRAIN))
+    pipeline.prepare_offline_data(job)
     (work / ".done").mkdir()
-    for stage in ("data", "train"):  # stand-ins for the slow stages
-        (work / ".done" / stage).write_text("0\n")
+    for stage in ("data", "train"):  # stand-ins for the slow stages, stamped as they would have been
+        pipeline.write_stamp(work / ".done" / stage, pipeline.stage_inputs(job, stage))
 
     assert pipeline.main(["--work_dir", str(work), "--min-top1", "0"]) == 0
     out = capsys.readouterr().out
@@ -44,7 +50,7 @@ def test_offline_stages_run_the_documented_chain_and_reruns_reuse_them(tmp_path,
 
     assert pipeline.main(["--work_dir", str(work), "--min-top1", "0"]) == 0
     again = capsys.readouterr().out
-    assert again.count("done before, reused") == len(pipeline.STAGES)
+    assert again.count("done before with the same inputs, reused") == len(pipeline.STAGES)
 
     # a top-1 floor that is not met is a failure, and so is a broken stage
     assert pipeline.main(["--work_dir", str(work), "--min-top1", "100.5"]) == 1
@@ -76,13 +82,14 @@ pipeline.SAMPLE_TRAIN = {"image_size": 32, "val_resize": 36, "epochs": 3, "batch
 def tiny_sample(job):
     generate(job.data, num_classes=3, train_per_class=4, val_per_class=4, min_size=48, max_size=64, workers=1,
              overwrite=True)
+    pipeline.prepare_offline_data(job)
 
-pipeline.stage_data = tiny_sample
+pipeline.STAGE_FUNCTIONS["data"] = tiny_sample
 if sys.argv[1] == "job":
     sys.exit(pipeline.main(sys.argv[2:]))
 work = Path(sys.argv[2])
 job = pipeline.Job(work=work, data=work / "sample", sample=True, recipe=dict(pipeline.SAMPLE_TRAIN))
-pipeline.stage_data(job)
+tiny_sample(job)
 pipeline.stage_train(job)
 '''
 
@@ -143,3 +150,184 @@ def test_train_stage_continues_only_an_unfinished_run_of_the_same_recipe(tmp_pat
         assert pipeline.interrupted_training(tmp_path, recipe_epochs) == expected
     (tmp_path / "checkpoint.pth.tar").write_bytes(b"not a checkpoint")
     assert pipeline.interrupted_training(tmp_path, 25) is None
+
+
+def _stub_stages(monkeypatch, calls, fail=()):
+    """Stand-ins for every stage but data: each records its call and writes its output files."""
+    def stub(stage, outputs):
+        def run(job):
+            calls.append(stage)
+            if stage in fail:
+                (job.path("train")).mkdir(parents=True, exist_ok=True)
+                (job.path("train", "checkpoint.pth.tar")).write_text("half")
+                raise pipeline.StageError(f"stage '{stage}' failed")
+            for output in outputs:
+                path = job.path(*output.split("/"))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"{stage} {len(calls)}")
+        return run
+
+    real_data_stage = pipeline.STAGE_FUNCTIONS["data"]
+
+    def data(job):
+        calls.append("data")
+        if job.sample:  # a small sample instead of the default one
+            generate(job.data, num_classes=3, train_per_class=1, val_per_class=2, min_size=40, max_size=60,
+                     workers=1, overwrite=True)
+            pipeline.prepare_offline_data(job)
+        else:
+            real_data_stage(job)
+
+    outputs = {"train": ["train/model_best.pth.tar"], "export": ["se_resnext50_32x4d.onnx"],
+               "preprocess": ["prep_bin/a.bin"], "info": ["seresnext50_val.info", "ImageNet.info"],
+               "build": ["seresnext50_32x4d_16.onnx", "seresnext50_32x4d_aipp_16.onnx"],
+               "run_bin": ["result_bin/dumpOutput_device0/a_1.txt"], "run_jpg": ["result_jpg/dumpOutput_device0/a_1.txt"],
+               "metric": ["result_bin/result.json"]}
+    stages = {"data": data, **{name: stub(name, files) for name, files in outputs.items()}}
+    monkeypatch.setattr(pipeline, "STAGE_FUNCTIONS", stages)
+    monkeypatch.setattr(pipeline, "summary", lambda job: ("summary", [100.0]))
+
+
+def test_a_changed_input_redoes_its_stage_and_the_later_ones_and_says_why(tmp_path, monkeypatch, capsys):
+    calls = []
+    _stub_stages(monkeypatch, calls)
+    work = tmp_path / "work"
+    assert pipeline.main(["--work_dir", str(work)]) == 0
+    assert calls == list(pipeline.STAGES)
+    calls.clear()
+    assert pipeline.main(["--work_dir", str(work)]) == 0
+    assert calls == [] and capsys.readouterr().out.count("done before with the same inputs, reused") == 9
+
+    assert pipeline.main(["--work_dir", str(work), "--epochs", "3"]) == 0
+    assert calls == list(pipeline.STAGES[1:])
+    out = capsys.readouterr().out
+    assert "[2/9] train: redone: recipe.epochs changed (25 -> 3)" in out
+    assert "[3/9] export: redone: after train" in out and "[1/9] data: done before with the same inputs" in out
+
+    calls.clear()  # a real dataset after the sample run: nothing of the sample's is reused
+    real = generate(tmp_path / "imagenet", num_classes=3, train_per_class=1, val_per_class=2, min_size=40,
+                    max_size=60, workers=1).root
+    assert pipeline.main(["--work_dir", str(work), "--data_path", str(real)]) == 0
+    assert calls == list(pipeline.STAGES)
+    assert f"[1/9] data: redone: data_path changed ({work / 'sample'} -> {real})" in capsys.readouterr().out
+
+    calls.clear()  # the dataset's label file changes: the data stage checks it again, and the chain reruns
+    (real / "val_label.txt").write_text((real / "val_label.txt").read_text().replace(" 0\n", " 2\n", 1))
+    assert pipeline.main(["--work_dir", str(work), "--data_path", str(real)]) == 0
+    out = capsys.readouterr().out
+    assert calls == list(pipeline.STAGES) and "[1/9] data: redone: val_label.txt changed" in out
+    assert "gives 1 of the 6 images another class than their val/<wnid>/ folder" in out
+
+
+def test_an_interrupted_training_is_continued_only_with_the_same_inputs(tmp_path, monkeypatch, capsys):
+    calls = []
+    _stub_stages(monkeypatch, calls, fail=("train",))
+    work = tmp_path / "work"
+    assert pipeline.main(["--work_dir", str(work)]) == 1
+    assert (work / "train" / "checkpoint.pth.tar").is_file()
+    _stub_stages(monkeypatch, calls)
+    seen = {}
+    train = pipeline.STAGE_FUNCTIONS["train"]
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "train",
+                        lambda job: (seen.setdefault("kept", (job.path("train", "checkpoint.pth.tar")).exists()),
+                                     train(job)))
+    assert pipeline.main(["--work_dir", str(work)]) == 0
+    assert seen["kept"]  # the same recipe: main.py may continue from its checkpoint
+    _stub_stages(monkeypatch, calls, fail=("train",))
+    assert pipeline.main(["--work_dir", str(work), "--force"]) == 1
+    _stub_stages(monkeypatch, calls)
+    seen.clear()
+    train = pipeline.STAGE_FUNCTIONS["train"]
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "train",
+                        lambda job: (seen.setdefault("kept", (job.path("train", "checkpoint.pth.tar")).exists()),
+                                     train(job)))
+    assert pipeline.main(["--work_dir", str(work), "--epochs", "2"]) == 0
+    assert seen["kept"] is False  # another recipe: its checkpoint is not continued
+
+
+def _as_real_imagenet(root):
+    """The sample set as a real ImageNet comes: train/ and val/<wnid>/ only."""
+    generate(root, num_classes=4, train_per_class=1, val_per_class=3, min_size=40, max_size=60, workers=1)
+    shutil.rmtree(root / "val_flat")
+    truth = (root / "val_label.txt").read_text()
+    (root / "val_label.txt").unlink()
+    return truth
+
+
+def test_real_data_gets_val_flat_links_and_labels_from_its_folders(tmp_path, capsys):
+    data = tmp_path / "imagenet"
+    truth = _as_real_imagenet(data)
+    job = pipeline.Job(work=tmp_path / "work", data=data, sample=False, recipe=dict(pipeline.REAL_TRAIN["1p"]))
+    pipeline.prepare_offline_data(job)
+    out = capsys.readouterr().out
+    assert f"data: linked the 12 val images into {tmp_path / 'work' / 'val_flat'}" in out
+    assert f"data: wrote {job.labels} from val/<wnid>/ (12 images, 4 classes, 0-based)" in out
+    assert job.labels.read_text() == truth  # what make_val_label.py folder writes
+    links = sorted(job.val_flat.iterdir())
+    assert len(links) == 12 and all(p.is_symlink() and p.resolve().parent.parent == data / "val" for p in links)
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ("1-based", "is 1-based: every label is one more than its val/<wnid>/ folder's index"),
+    ("devkit order", "numbers the classes in another order: the images of each val/<wnid>/ folder share one label, "
+                     "but 4 of 4 classes are not at their sorted-WNID index"),
+    ("missing lines", "has no line for 2 of the 12 images in val/"),
+])
+def test_a_wrong_val_label_file_is_named_and_not_used(tmp_path, capsys, mistake, message):
+    data = tmp_path / "imagenet"
+    truth = _as_real_imagenet(data)
+    rows = [line.split() for line in truth.splitlines()]
+    devkit = {0: 2, 1: 0, 2: 3, 3: 1}  # a class numbering that is not sorted-WNID order
+    if mistake == "1-based":
+        rows = [(name, int(label) + 1) for name, label in rows]
+    elif mistake == "devkit order":
+        rows = [(name, devkit[int(label)]) for name, label in rows]
+    else:
+        rows = rows[2:]
+    (data / "val_label.txt").write_text("".join(f"{name} {label}\n" for name, label in rows))
+    job = pipeline.Job(work=tmp_path / "work", data=data, sample=False, recipe=dict(pipeline.REAL_TRAIN["1p"]))
+    pipeline.prepare_offline_data(job)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(lines) == 1 and message in lines[0] and f"the chain uses {job.labels}" in lines[0]
+    assert job.labels.read_text() == truth
+
+
+def _quickstart(env_changes, *args):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV", "CONDA_PREFIX", "VENV")}
+    env.update(env_changes)
+    return subprocess.run(["bash", str(ROOT / "quickstart.sh"), *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def _python_without_torch(path):
+    """A Python that cannot import torch (no site-packages)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/bash\nexec {os.path.realpath(sys.executable)} -S "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def test_quickstart_uses_a_given_python_whose_torch_works_and_refuses_one_whose_torch_does_not(tmp_path):
+    result = _quickstart({"PYTHON": sys.executable}, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"[quickstart] using {sys.executable} (PYTHON={sys.executable}): Python " in result.stdout
+    assert f"torch {torch.__version__} (cpu" in result.stdout and "usage: quickstart.sh" in result.stdout
+    broken = _python_without_torch(tmp_path / "bin" / "python")
+    result = _quickstart({"PYTHON": str(broken)}, "--help")
+    assert result.returncode == 1 and "usage" not in result.stdout
+    assert result.stderr == (f"[quickstart] error: PYTHON={broken}: its torch does not work "
+                             f"(ModuleNotFoundError: No module named 'torch')\n")
+
+
+def test_an_active_environment_without_a_working_torch_leaves_the_job_to_the_pinned_venv(tmp_path):
+    _python_without_torch(tmp_path / "env" / "bin" / "python")
+    pinned = tmp_path / "pinned"
+    (pinned / "bin").mkdir(parents=True)
+    (pinned / "bin" / "python").symlink_to(sys.executable)
+    requirements = (ROOT / "requirements.txt").read_bytes()
+    (pinned / f".installed-{hashlib.sha256(requirements * 2).hexdigest()[:16]}").touch()  # installed before
+    result = _quickstart({"VIRTUAL_ENV": str(tmp_path / "env"), "VENV": str(pinned)}, "--help")
+    assert result.returncode == 0, result.stderr
+    assert (f"[quickstart] not using the active virtualenv {tmp_path / 'env'}: its torch does not work "
+            f"(ModuleNotFoundError: No module named 'torch'); using the pinned {pinned} instead") in result.stdout
+    assert "usage: quickstart.sh" in result.stdout
