@@ -121,9 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = _given(parser, argv)
-    for name in ("threads",):
-        if getattr(args, name) < 0:
-            raise ValueError(f"-{name}={getattr(args, name)}: must not be negative")
+    if args.threads < 0:
+        raise ValueError(f"-threads={args.threads}: must not be negative")
     for name in ("loaders", "prefetch"):
         if getattr(args, name) < 1:
             raise ValueError(f"-{name}={getattr(args, name)}: must be at least 1")

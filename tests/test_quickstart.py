@@ -181,7 +181,8 @@ def _stub_stages(monkeypatch, calls, fail=()):
     outputs = {"train": ["train/model_best.pth.tar"], "export": ["se_resnext50_32x4d.onnx"],
                "preprocess": ["prep_bin/a.bin"], "info": ["seresnext50_val.info", "ImageNet.info"],
                "build": ["seresnext50_32x4d_16.onnx", "seresnext50_32x4d_aipp_16.onnx"],
-               "run_bin": ["result_bin/dumpOutput_device0/a_1.txt"], "run_jpg": ["result_jpg/dumpOutput_device0/a_1.txt"],
+               "run_bin": ["result_bin/dumpOutput_device0/a_1.txt"],
+               "run_jpg": ["result_jpg/dumpOutput_device0/a_1.txt"],
                "metric": ["result_bin/result.json"]}
     stages = {"data": data, **{name: stub(name, files) for name, files in outputs.items()}}
     monkeypatch.setattr(pipeline, "STAGE_FUNCTIONS", stages)
