@@ -109,13 +109,23 @@ def machine_header(info: dict) -> str:
     return f"Machine: {info['cpu']}, {info['cores']} cores{gpu}{bf16}{cap}; Python {info['python']}; {libs}"
 
 
+def run_header(run: dict | None) -> str:
+    """The report line that says which run a table comes from."""
+    if not run:
+        return "Run: not recorded in the JSON"
+    return f"Run: `{run['command']}`, finished {run['finished']}"
+
+
 def write_report(path: str | os.PathLike | None, name: str, info: dict, results: dict, table: str) -> None:
-    """Print the table with the machine line, and write the raw figures as JSON when ``path`` is given."""
-    print(f"\n## {name}\n\n{machine_header(info)}\n\n{table}\n", flush=True)
+    """Print the table with the machine line, and write the raw figures as JSON when ``path`` is given; the
+    JSON records the command and when it finished, so a report can say which run each table comes from."""
+    run = {"command": " ".join(["python", *sys.argv]),
+           "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print(f"\n## {name}\n\n{machine_header(info)}\n{run_header(run)}\n\n{table}\n", flush=True)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps({"benchmark": name, "machine": info, "results": results,
-                                                "table": table}, indent=2))
+        Path(path).write_text(json.dumps({"benchmark": name, "machine": info, "run": run, "results": results,
+                                          "table": table}, indent=2))
         print(f"raw figures: {path}")
 
 

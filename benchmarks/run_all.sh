@@ -56,14 +56,14 @@ fi
 import json, sys
 from pathlib import Path
 sys.path.insert(0, "benchmarks")
-from common import machine_header
+from common import machine_header, run_header
 parts = []
 for name in ("train_224", "train_64", "profile_train", "pointwise", "data", "preprocess", "runner"):
     path = Path("benchmarks/results") / f"{name}.json"
     if path.exists():
         report = json.loads(path.read_text())
-        parts.append(f"## {report['benchmark']} ({name}.json)\n\n{machine_header(report['machine'])}\n\n"
-                     f"{report['table']}\n")
+        parts.append(f"## {report['benchmark']} ({name}.json)\n\n{machine_header(report['machine'])}\n"
+                     f"{run_header(report.get('run'))}\n\n{report['table']}\n")
 Path("benchmarks/results/REPORT.md").write_text("\n".join(parts))
 print("wrote benchmarks/results/REPORT.md")
 EOF
