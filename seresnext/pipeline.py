@@ -34,7 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .formats import FormatError, image_stem, read_val_label, write_val_label
+from .formats import (FormatError, image_stem, perf_file_name, read_perf_file, read_result_json, read_val_label,
+                      write_val_label)
 from .imagenet import LabelError, diagnose_val_labels, labels_from_class_folders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,16 +291,18 @@ def runner(job: Job, mode: str) -> None:
     model, info = runner_model(job, mode), runner_info(job, mode)
     size = job.size if binary else job.resize
     shutil.rmtree(job.path(f"result_{mode}"), ignore_errors=True)  # the metric counts every dump in the folder
-    output = run(f"run_{mode}", [job.python, "benchmark.py", "-model_type=vision", f"-om_path={model}",
-                                 "-device_id=0", f"-batch_size={job.batch}", f"-input_text_path={info}",
-                                 f"-input_width={size}", f"-input_height={size}", "-output_binary=false",
-                                 f"-useDvpp={'false' if binary else 'true'}", f"-result_dir={job.path('result_' + mode)}",
-                                 "-progress=false"], job.path("logs", f"run_{mode}.log"), job.python)
-    rates = re.findall(r"\[e2e\] throughputRate: ([0-9.]+)", output)
-    perf = job.path(f"result_{mode}", f"perf_vision_batchsize_{job.batch}_device_0.txt")
-    if not rates and perf.is_file():
-        rates = re.findall(r"\[e2e\] throughputRate: ([0-9.]+)", perf.read_text())
-    job.results[f"run_{mode}"] = {"images_per_second": float(rates[0]) if rates else None}
+    run(f"run_{mode}", [job.python, "benchmark.py", "-model_type=vision", f"-om_path={model}", "-device_id=0",
+                        f"-batch_size={job.batch}", f"-input_text_path={info}", f"-input_width={size}",
+                        f"-input_height={size}", "-output_binary=false", f"-useDvpp={'false' if binary else 'true'}",
+                        f"-result_dir={job.path('result_' + mode)}", "-progress=false"],
+        job.path("logs", f"run_{mode}.log"), job.python)
+    job.results[f"run_{mode}"] = {"images_per_second": end_to_end_rate(job, mode)}
+
+
+def end_to_end_rate(job: Job, mode: str) -> float | None:
+    """The runner's ``[e2e] throughputRate`` from its perf file (None if it wrote none)."""
+    perf = job.path(f"result_{mode}", perf_file_name(job.batch, 0))
+    return read_perf_file(perf)["e2e"]["throughputRate"] if perf.is_file() else None
 
 
 def stage_run_bin(job: Job) -> None:
@@ -425,7 +428,7 @@ def write_stamp(stamp: Path, inputs: dict) -> None:
 
 def read_accuracy(result_json: Path) -> dict:
     """Top-1 and top-5 from a result.json (top-5 is absent for models of fewer than 5 classes: NaN)."""
-    values = {item["key"]: item["value"] for item in json.loads(result_json.read_text())["value"]}
+    values = read_result_json(result_json)
     return {k: float(values[f"Top{k[-1]} accuracy"].rstrip("%")) if f"Top{k[-1]} accuracy" in values else float("nan")
             for k in ("top1", "top5")}
 
@@ -444,10 +447,9 @@ def summary(job: Job) -> tuple[str, list[float]]:
              f"{sorted(train_rates)[len(train_rates) // 2]:.1f} img/s training (median epoch)")]
     for mode, name in (("bin", ".bin path (preprocess + runner)"), ("jpg", "JPEG path (DVPP-style + AIPP)")):
         accuracy = read_accuracy(job.path(f"result_{mode}", "result.json"))
-        perf = job.path(f"result_{mode}", f"perf_vision_batchsize_{job.batch}_device_0.txt")
-        rate = re.findall(r"\[e2e\] throughputRate: ([0-9.]+)", perf.read_text())
-        rows.append((name, accuracy["top1"], accuracy["top5"], f"{float(rate[0]):.1f} img/s end to end, batch "
-                     f"{job.batch}" if rate else "-"))
+        rate = end_to_end_rate(job, mode)
+        rows.append((name, accuracy["top1"], accuracy["top5"],
+                     f"{rate:.1f} img/s end to end, batch {job.batch}" if rate is not None else "-"))
     lines = ["", "=" * 78, "SE-ResNeXt50_32x4d quickstart: summary", "=" * 78,
              f"{'':40s} {'top-1':>7s} {'top-5':>7s}  speed"]
     lines += [f"{name:40s} {t1:7.2f} {t5:7.2f}  {speed}" for name, t1, t5, speed in rows]

@@ -15,7 +15,6 @@ read are listed in the result, never stop the run, and make the exit status 1.
 """
 from __future__ import annotations
 
-import os
 import queue
 import re
 import threading
@@ -32,6 +31,7 @@ from .aipp import AippConfig, config_from_metadata, encode_source
 from .formats import (DUMP_SUFFIX, FormatError, InfoEntry, bin_from_bytes, npy_from_bytes, PerfStats, dump_file_name,
                       perf_file_name, perf_lines, pure_infer_perf_file_name, pure_infer_summary, read_info, write_dump,
                       write_perf_file, write_pure_infer_perf_file, list_dumps)
+from .info import InfoError, list_files
 
 __all__ = ["RunnerError", "RunnerOptions", "RunResult", "Backend", "OrtBackend", "AscendBackend", "open_backend",
            "run_dataset", "run_pure_inference", "entries_from_inputs", "OM_HELP", "PROVIDERS"]
@@ -310,11 +310,10 @@ def entries_from_inputs(inputs: str) -> list[InfoEntry]:
     if first.is_dir():
         if len(parts) > 1:
             raise RunnerError(f"--input={inputs}: one folder per model input, and this model has one input")
-        files = [str(first / e.name) for e in os.scandir(first)
-                 if e.is_file() and e.name.lower().endswith((".bin", ".npy"))]
-        if not files:
-            raise RunnerError(f"--input={inputs}: no .bin or .npy files in the folder")
-        files.sort(key=_natural_key)
+        try:
+            files = sorted(list_files(first, (".bin", ".npy")), key=_natural_key)
+        except InfoError as exc:
+            raise RunnerError(f"--input: {exc}") from None
     elif first.is_file():
         files = parts
     else:
