@@ -115,3 +115,4 @@ def test_dump_names_lose_only_their_output_suffix_and_an_image_extension(file_na
 def test_image_names_keep_every_dot_but_the_extensions(file_name, stem):
     assert formats.image_stem(file_name) == stem
     assert formats.bin_file_name(file_name) == stem + ".bin"
+    assert formats.InfoEntry(0, f"./val/{file_name}", 1, 1).image_name == stem  # what the runner names dumps after
