@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     def our_option(name: str, **kwargs) -> None:
         ours.add_argument(f"-{name}", f"--{name}", dest=name, **kwargs)
 
-    our_option("provider", default="auto", help="ONNX Runtime execution provider: auto, cpu, cuda, tensorrt")
+    our_option("provider", default="auto",
+               help="auto (default: ONNX Runtime's CUDA provider when present, else OpenVINO when installed, else "
+                    "ONNX Runtime on the CPU), cpu, cuda, tensorrt (ONNX Runtime) or openvino")
     our_option("threads", type=int, default=0, help="intra-op threads (default: ONNX Runtime's, one per core)")
     our_option("loaders", type=int, default=2, help="threads reading and preprocessing input (default 2)")
     our_option("prefetch", type=int, default=2, help="batches prepared ahead of the model (default 2)")

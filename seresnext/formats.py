@@ -44,6 +44,7 @@ __all__ = [
     "read_val_label", "write_val_label",
     "result_json_dict", "write_result_json", "read_result_json",
     "PerfStats", "perf_file_name", "perf_lines", "write_perf_file", "read_perf_file", "PURE_INFER_PREFIX",
+    "read_pure_infer_perf_file",
     "pure_infer_perf_file_name", "pure_infer_summary", "write_pure_infer_perf_file",
     "ais_summary_dict", "ais_summary_lines", "write_ais_summary", "read_ais_summary",
 ]
@@ -535,6 +536,15 @@ def pure_infer_perf_file_name(model_path: str | PathLike, device_id: int) -> str
 def pure_infer_summary(rate: float) -> str:
     """benchmark.x86_64's pure-inference line; ``ave_latency`` is ms per sample (1000 / rate)."""
     return f"ave_throughputRate = {rate:g}samples/s, ave_latency = {_rate(rate):g}ms\n"
+
+
+def read_pure_infer_perf_file(path: str | PathLike) -> float:
+    """The images/s of a pure-inference perf file (:func:`write_pure_infer_perf_file`)."""
+    text = Path(path).read_text(encoding="utf-8")
+    match = re.match(r"ave_throughputRate = ([0-9.eE+-]+)samples/s", text)
+    if not match:
+        raise FormatError(f"{path}:1: not a pure-inference perf line: {text.splitlines()[0] if text else ''!r}")
+    return float(match.group(1))
 
 
 def write_pure_infer_perf_file(path: str | PathLike, rate: float) -> str:

@@ -1,4 +1,5 @@
-"""The offline runner: what Ascend's closed ``benchmark.x86_64`` did, on ONNX Runtime (or Ascend's runtime).
+"""The offline runner: what Ascend's closed ``benchmark.x86_64`` did, on ONNX Runtime or OpenVINO (or Ascend's
+runtime for ``.om`` files).
 
 It reads a ``.info`` list, feeds the model in batches and writes one dump per image plus upstream's perf
 file. The work is a three-stage pipeline so that reading and preprocessing overlap with inference:
@@ -6,7 +7,8 @@ file. The work is a three-stage pipeline so that reading and preprocessing overl
 * loader threads read each file and turn it into the model's input (a ``.bin`` as is; with DVPP
   emulation a JPEG is decoded, resized to exactly ``-input_width`` x ``-input_height`` (aspect ratio not
   kept, as DVPP) and encoded as the AIPP config expects, e.g. YUV420SP);
-* the calling thread runs the model, one batch after the other (``prefetch`` batches are prepared ahead);
+* the model runs one batch after the other (``prefetch`` batches are prepared ahead), or as many batches at
+  once as the backend has parallel requests (OpenVINO's throughput streams, each on its own cores);
 * a writer thread writes the dumps atomically.
 
 Warm-up batches run before the clock starts. A last partial batch is padded with zeros up to a static
@@ -15,6 +17,7 @@ read are listed in the result, never stop the run, and make the exit status 1.
 """
 from __future__ import annotations
 
+import collections
 import queue
 import re
 import threading
@@ -33,11 +36,13 @@ from .formats import (DUMP_SUFFIX, FormatError, InfoEntry, bin_from_bytes, npy_f
                       write_perf_file, write_pure_infer_perf_file, list_dumps)
 from .info import InfoError, list_files
 
-__all__ = ["RunnerError", "RunnerOptions", "RunResult", "Backend", "OrtBackend", "AscendBackend", "open_backend",
+__all__ = ["RunnerError", "RunnerOptions", "RunResult", "Backend", "OrtBackend", "OpenVinoBackend", "AscendBackend",
+           "open_backend", "openvino_available",
            "run_dataset", "run_pure_inference", "entries_from_inputs", "OM_HELP", "PROVIDERS"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
+"""``-provider`` values that run on ONNX Runtime; ``openvino`` runs on OpenVINO (CPU), ``auto`` picks."""
 OM_HELP = ("{path} is an Ascend offline model (.om); running it needs Ascend's runtime (CANN with the "
            "ais_bench Python package: `from ais_bench.infer.interface import InferSession`), which is not "
            "installed here. On this machine build the ONNX equivalent instead: `bash se_resnext50_32x4d_atc.sh` "
@@ -83,13 +88,15 @@ class RunnerOptions:
 
 # ----------------------------------------------------------------------------------------------- backends
 class Backend:
-    """A loaded model: one input, outputs as numpy arrays."""
+    """A loaded model: one input, outputs as numpy arrays. ``run`` may be called from ``parallel_requests``
+    threads at once."""
 
     input_name: str
     input_shape: list[int | None]  # None: dynamic
     input_dtype: np.dtype
     metadata: dict[str, str]
     description: str
+    parallel_requests: int = 1
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -111,7 +118,7 @@ class OrtBackend(Backend):
                 raise RunnerError(f"-provider={provider}: this ONNX Runtime has no {PROVIDERS[chosen]} (it has "
                                   f"{', '.join(available)}); install onnxruntime-gpu for cuda / tensorrt")
         else:
-            raise RunnerError(f"-provider={provider}: expected auto, {', '.join(PROVIDERS)}")
+            raise RunnerError(f"-provider={provider}: expected auto, {', '.join(PROVIDERS)}, openvino")
         providers: list = []
         if chosen == "tensorrt":
             providers.append((PROVIDERS["tensorrt"], {"device_id": device_id}))
@@ -152,6 +159,79 @@ class OrtBackend(Backend):
             raise RunnerError(f"ONNX Runtime failed on a batch of shape {list(batch.shape)}: {first}") from None
 
 
+def openvino_available() -> bool:
+    """True when the optional ``openvino`` package imports."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _openvino_reason(exc: Exception) -> str:
+    """The line of an OpenVINO error that says what failed: the first unconverted operator when it lists them
+    (e.g. the ONNX Runtime contrib operators of an int8 QOperator build), else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    failed = [line[3:].split(" with a message")[0] for line in lines if line.startswith("-- ")]
+    if failed:
+        return f"cannot convert {', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}"
+    return lines[0] if lines else exc.__class__.__name__
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO on the CPU, in float32, with its throughput streams: each stream owns some cores and runs one
+    request, and the runner keeps one batch in flight per stream (as OpenVINO's ``benchmark_app -hint
+    throughput`` does).
+
+    float32 is asked for explicitly: on a CPU with bfloat16 OpenVINO would otherwise run bfloat16, and the
+    dumps must be the model's float32 outputs (what ONNX Runtime and the Ascend runtime give).
+    """
+
+    def __init__(self, path: str, threads: int = 0):
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        try:
+            model = core.read_model(path)
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError and its own types
+            raise RunnerError(f"-om_path={path}: OpenVINO cannot load it ({_openvino_reason(exc)})") from None
+        if len(self.compiled.inputs) != 1:
+            raise RunnerError(f"-om_path={path}: the runner feeds one input, the model has "
+                              f"{len(self.compiled.inputs)}")
+        port = self.compiled.input(0)
+        self.input_name = port.get_any_name()
+        self.input_shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        element = port.get_element_type()
+        if element not in (ov.Type.f32, ov.Type.u8):
+            raise RunnerError(f"-om_path={path}: input {self.input_name} is {element}; expected float (NCHW "
+                              f"images) or uint8 (AIPP)")
+        self.input_dtype = np.dtype(np.uint8 if element == ov.Type.u8 else np.float32)
+        self.output = self.compiled.output(0)
+        self.metadata = ({str(k): v.astype(str) for k, v in model.get_rt_info(["framework"]).astype(dict).items()}
+                         if model.has_rt_info(["framework"]) else {})  # an ONNX model's metadata_props
+        self.parallel_requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._requests: queue.Queue = queue.Queue()
+        for _ in range(self.parallel_requests):
+            self._requests.put(self.compiled.create_infer_request())
+        streams = self.compiled.get_property("NUM_STREAMS")
+        self.description = (f"OpenVINO {ov.get_version().split('-')[0]} CPU, float32, {streams} stream(s), "
+                            f"{self.compiled.get_property('INFERENCE_NUM_THREADS')} threads")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        request = self._requests.get()
+        try:
+            return np.array(request.infer({0: batch})[self.output], copy=True)  # the request reuses its buffer
+        except Exception as exc:  # OpenVINO's own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise RunnerError(f"OpenVINO failed on a batch of shape {list(batch.shape)}: {first}") from None
+        finally:
+            self._requests.put(request)
+
+
 class AscendBackend(Backend):
     """An ``.om`` through Ascend's runtime (ais_bench's InferSession), when CANN is installed."""
 
@@ -178,7 +258,23 @@ def open_backend(options: RunnerOptions) -> Backend:
         raise RunnerError(f"-om_path={path}: no such file")
     if path.endswith(".om"):
         return AscendBackend(path, options.device_id)
-    return OrtBackend(path, options.provider, options.device_id, options.threads)
+    provider = options.provider
+    if provider == "auto":  # a GPU first; on the CPU OpenVINO when installed (faster than ONNX Runtime here)
+        import onnxruntime as ort
+        on_gpu = PROVIDERS["cuda"] in ort.get_available_providers()
+        provider = "cuda" if on_gpu else "openvino" if openvino_available() else "cpu"
+    if provider == "openvino":
+        if not openvino_available():
+            raise RunnerError("-provider=openvino: the openvino package is not installed (pip install openvino)")
+        try:
+            return OpenVinoBackend(path, options.threads)
+        except RunnerError as exc:
+            if options.provider != "auto":
+                raise
+            backend = OrtBackend(path, "cpu", options.device_id, options.threads)  # e.g. an int8 QOperator build
+            backend.description += f" (-provider=auto: {str(exc).split(': ', 1)[1]})"
+            return backend
+    return OrtBackend(path, provider, options.device_id, options.threads)
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -216,6 +312,10 @@ def _plan(backend: Backend, options: RunnerOptions, pure: bool = False) -> _Plan
                           f"(input {backend.input_name}{shape_text}); pass -batch_size={shape[0]} or build "
                           f"the model for batch {options.batch_size}")
     width, height = options.input_width, options.input_height
+    if pure and aipp is not None:  # pure inference takes the sizes from the model, as benchmark.x86_64 -round does
+        width, height = aipp.src_image_size_w, aipp.src_image_size_h
+    elif pure and len(shape) == 4 and None not in (shape[2], shape[3]):
+        height, width = shape[2], shape[3]
     if aipp is not None:
         if (aipp.src_image_size_w, aipp.src_image_size_h) != (width, height):
             raise RunnerError(f"-input_width={width} -input_height={height} do not match {model}: its AIPP "
@@ -292,9 +392,13 @@ def _percentiles(values_ms: Sequence[float]) -> tuple[float, float, float]:
 
 
 def _warm_up(backend: Backend, plan: _Plan, rounds: int) -> None:
+    """``rounds`` calls before the clock starts, and at least one on each of the backend's parallel requests."""
+    if rounds < 1:
+        return
     feed = np.zeros((plan.batch, *plan.item_shape), dtype=backend.input_dtype)
-    for _ in range(rounds):
-        backend.run(feed)
+    parallel = max(1, backend.parallel_requests)
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="runner-warmup") as pool:
+        list(pool.map(lambda _: backend.run(feed), range(max(rounds, parallel))))
 
 
 _END = object()
@@ -433,13 +537,23 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
                 progress(len(kept))
 
     run_started = time.perf_counter()
-    first_infer = last_infer = None
-    infer_seconds = 0.0
-    with ThreadPoolExecutor(max_workers=max(1, options.loaders), thread_name_prefix="runner-load") as pool:
+    spans: list[tuple[float, float]] = []  # (start, end) of every model call
+
+    def finish(kept: list[InfoEntry], call) -> None:
+        outputs, call_spans = call.result()
+        spans.extend(call_spans)
+        result.batch_latencies_ms.extend((end - start) * 1000.0 for start, end in call_spans)
+        result.images += len(kept)
+        written.put((kept, outputs))
+
+    in_flight = max(1, backend.parallel_requests)
+    with ThreadPoolExecutor(max_workers=max(1, options.loaders), thread_name_prefix="runner-load") as pool, \
+            ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="runner-infer") as infer_pool:
         producer = threading.Thread(target=produce, args=(pool,), name="runner-batches", daemon=True)
         writer = threading.Thread(target=post, name="runner-dumps", daemon=True)
         producer.start()
         writer.start()
+        pending: collections.deque = collections.deque()  # batches in the model, oldest first
         try:
             while True:
                 item = ready.get()
@@ -448,22 +562,22 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
                 if isinstance(item, BaseException):
                     raise item
                 kept, array = item
-                for _ in range(options.loop):
-                    started = time.perf_counter()
-                    outputs = backend.run(array)
-                    finished = time.perf_counter()
-                    first_infer = started if first_infer is None else first_infer
-                    last_infer = finished
-                    infer_seconds += finished - started
-                    result.batch_latencies_ms.append((finished - started) * 1000.0)
-                result.images += len(kept)
-                written.put((kept, outputs))
+                pending.append((kept, infer_pool.submit(_timed_calls, backend, array, options.loop)))
+                if len(pending) >= in_flight:
+                    finish(*pending.popleft())
+            while pending:
+                finish(*pending.popleft())
         finally:
             stop.set()
+            for _, call in pending:
+                call.cancel()
             written.put(_END)
             writer.join()
             producer.join()
     run_seconds = time.perf_counter() - run_started
+    first_infer = min((start for start, _ in spans), default=None)
+    last_infer = max((end for _, end in spans), default=None)
+    infer_seconds = _busy_seconds(spans)
 
     images = max(result.images, 1)
     stats = PerfStats(
@@ -485,6 +599,27 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
         ours = {dump_file_name(e.image_name, options.output_binary, options.dump_suffix, dump_format) for e in usable}
         result.stale_dumps = sum(1 for path in list_dumps(dump_dir).dumps.values() if path.name not in ours)
     return result
+
+
+def _timed_calls(backend: Backend, array: np.ndarray, loop: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """``loop`` model calls on one batch: the last outputs and each call's (start, end)."""
+    spans = []
+    for _ in range(loop):
+        started = time.perf_counter()
+        outputs = backend.run(array)
+        spans.append((started, time.perf_counter()))
+    return outputs, spans
+
+
+def _busy_seconds(spans: Sequence[tuple[float, float]]) -> float:
+    """How long at least one model call was running: the sum of the calls when they ran one at a time, less
+    when several overlapped (so images / busy seconds is the model's throughput either way)."""
+    busy, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return busy
 
 
 def _line_order(failure: tuple[str, str]) -> tuple[str, int]:
@@ -515,13 +650,15 @@ def run_pure_inference(options: RunnerOptions, backend: Backend | None = None,
     feed = (rng.integers(0, 256, size=shape, dtype=np.uint8) if backend.input_dtype == np.uint8
             else rng.standard_normal(shape, dtype=np.float32))
     _warm_up(backend, plan, options.warmup)
-    latencies = []
-    for number in range(options.rounds):
-        started = time.perf_counter()
-        backend.run(feed)
-        latencies.append((time.perf_counter() - started) * 1000.0)
-        log(f"[INFO] Dataset number: {number} finished cost {latencies[-1]:.3f}ms")
-    rate = plan.batch * len(latencies) * 1000.0 / sum(latencies)
+    with ThreadPoolExecutor(max_workers=max(1, backend.parallel_requests), thread_name_prefix="runner-infer") as pool:
+        calls = [pool.submit(_timed_calls, backend, feed, 1) for _ in range(options.rounds)]
+        spans = []
+        for number, call in enumerate(calls):
+            (start, end), = call.result()[1]
+            spans.append((start, end))
+            log(f"[INFO] Dataset number: {number} finished cost {(end - start) * 1000.0:.3f}ms")
+    latencies = [(end - start) * 1000.0 for start, end in spans]
+    rate = plan.batch * len(spans) / _busy_seconds(spans)
     if not options.write_perf:
         return rate, latencies, None, pure_infer_summary(rate)
     path = Path(options.result_dir) / pure_infer_perf_file_name(options.om_path, options.device_id)

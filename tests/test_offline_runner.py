@@ -3,6 +3,7 @@
 The model is the real SE-ResNeXt50_32x4d exported at 64x64 (it pools adaptively), so every step runs the
 real graph in seconds; the AIPP config is the standard one scaled down (72x72 source, 64 crop at 4,4).
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from PIL import Image
 import benchmark
 from offline_helpers import (ROOT, STANDARD_AIPP, colour_class_image, make_val_folder, probe_trained_model,
                              run_tool)
-from seresnext import build
+from seresnext import build, runner
 from seresnext.aipp import apply_aipp_reference, encode_source, insert_aipp, load_aipp_config
 from seresnext.export import export_onnx
 from seresnext.formats import read_dump, read_perf_file, write_bin, write_info
@@ -171,10 +172,16 @@ def test_aipp_crop_must_fit_the_model_input(work, tmp_path):
         insert_aipp(onnx.load(work / "tiny.onnx"), load_aipp_config(config_path), "tiny.onnx")
 
 
-def test_bin_run_writes_one_dump_per_image_with_a_partial_last_batch(work, tmp_path):
+BACKENDS = [pytest.param("cpu", id="onnxruntime"),
+            pytest.param("openvino", id="openvino", marks=pytest.mark.skipif(not runner.openvino_available(),
+                                                                             reason="openvino is not installed"))]
+
+
+@pytest.mark.parametrize("provider", BACKENDS)
+def test_bin_run_writes_one_dump_per_image_with_a_partial_last_batch(work, tmp_path, provider):
     arrays = _bins(tmp_path / "bins", 10)
     write_info(tmp_path / "bin.info", [(str(p), SIZE, SIZE) for p in sorted((tmp_path / "bins").iterdir())])
-    status, out, err = _run(tmp_path, f"-om_path={work / 'tiny_4.onnx'}", "-batch_size=4",
+    status, out, err = _run(tmp_path, f"-provider={provider}", f"-om_path={work / 'tiny_4.onnx'}", "-batch_size=4",
                             f"-input_text_path={tmp_path / 'bin.info'}", f"-input_width={SIZE}",
                             f"-input_height={SIZE}", "-output_binary=false", "-useDvpp=false")
     assert status == 0, err
@@ -192,6 +199,7 @@ def test_bin_run_writes_one_dump_per_image_with_a_partial_last_batch(work, tmp_p
     assert perf["e2e"]["throughputRate"] > 0 and perf["infer"]["moduleLatency"] > 0
     assert "-----------------Performance Summary------------------" in out
     assert "[inference] throughputRate:" in out and "p50" in out and "p99" in out and "10 images" in out
+    assert ("OpenVINO" if provider == "openvino" else "ONNX Runtime") in out
 
 
 def test_binary_dumps_and_a_dynamic_batch_model(work, tmp_path):
@@ -329,14 +337,15 @@ def test_aipp_model_needs_dvpp_mode_and_its_source_size(work, tmp_path):
     assert status == 1 and "its AIPP input is 72x72" in err
 
 
-def test_dvpp_mode_decodes_resizes_and_feeds_the_aipp_model(work, tmp_path):
+@pytest.mark.parametrize("provider", BACKENDS)
+def test_dvpp_mode_decodes_resizes_and_feeds_the_aipp_model(work, tmp_path, provider):
     specs = [(120, 90, "RGB", "JPEG"), (80, 100, "L", "JPEG"), (100, 100, "CMYK", "JPEG"), (90, 90, "RGB", "PNG"),
              (72, 72, "RGB", "JPEG")]
     files = make_val_folder(tmp_path / "val", specs)
     (tmp_path / "val" / "ILSVRC2012_val_00000009.JPEG").write_text("not a jpeg")
     write_info(tmp_path / "jpg.info", [(str(p), 1, 1) for p in sorted((tmp_path / "val").iterdir())])
-    status, _, err = _run(tmp_path, f"-om_path={work / 'tiny_aipp_4.onnx'}", "-batch_size=4",
-                          f"-input_text_path={tmp_path / 'jpg.info'}", f"-input_width={SOURCE}",
+    status, _, err = _run(tmp_path, f"-provider={provider}", f"-om_path={work / 'tiny_aipp_4.onnx'}",
+                          "-batch_size=4", f"-input_text_path={tmp_path / 'jpg.info'}", f"-input_width={SOURCE}",
                           f"-input_height={SOURCE}", "-useDvpp=true", "-output_binary=false")
     assert status == 1 and "jpg.info:6:" in err and "not an image" in err
     config = load_aipp_config(work / "aipp_small.config")
@@ -349,9 +358,63 @@ def test_dvpp_mode_decodes_resizes_and_feeds_the_aipp_model(work, tmp_path):
         np.testing.assert_allclose(read_dump(dump), expected[row], atol=1e-4)
 
 
+def test_auto_runs_openvino_when_installed_and_onnx_runtime_otherwise(work, monkeypatch):
+    options = runner.RunnerOptions(om_path=str(work / "tiny_4.onnx"))
+    if runner.openvino_available():
+        backend = runner.open_backend(options)
+        assert isinstance(backend, runner.OpenVinoBackend) and backend.description.startswith("OpenVINO")
+        assert json.loads(backend.metadata["seresnext.build"])["precision"] == "fp32"  # the ONNX metadata
+    monkeypatch.setattr(runner, "openvino_available", lambda: False)
+    assert isinstance(runner.open_backend(options), runner.OrtBackend)
+    with pytest.raises(runner.RunnerError, match="-provider=openvino: the openvino package is not installed"):
+        runner.open_backend(runner.RunnerOptions(om_path=str(work / "tiny_4.onnx"), provider="openvino"))
+
+
+class SlowBackend(runner.Backend):
+    """Sleeps per call and returns each image's first pixel, with up to 3 calls at once."""
+
+    input_name, input_shape, input_dtype, metadata, description = "image", [2, 3, SIZE, SIZE], np.dtype(
+        np.float32), {}, "slow test backend"
+    parallel_requests = 3
+
+    def __init__(self):
+        import threading
+        self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+    def run(self, batch):
+        import time
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.05)
+        with self.lock:
+            self.running -= 1
+        return batch[:, :4, 0, 0].copy()
+
+
+def test_parallel_requests_run_batches_at_once_and_write_every_image_once(tmp_path):
+    arrays = _bins(tmp_path / "bins", 11)
+    write_info(tmp_path / "bin.info", [(str(p), SIZE, SIZE) for p in sorted((tmp_path / "bins").iterdir())])
+    backend = SlowBackend()
+    options = runner.RunnerOptions(om_path="slow", batch_size=2, input_text_path=str(tmp_path / "bin.info"),
+                                   input_width=SIZE, input_height=SIZE, warmup=1,
+                                   result_dir=str(tmp_path / "result"), prefetch=4)
+    result = runner.run_dataset(options, backend)
+    assert backend.most == 3 and result.images == 11 and not result.failed
+    for index, array in enumerate(arrays, 1):
+        dump = tmp_path / "result" / "dumpOutput_device0" / f"ILSVRC2012_val_{index:08d}_1.txt"
+        np.testing.assert_allclose(read_dump(dump), array[:, 0, 0], atol=1e-6)
+
+
+def test_busy_seconds_count_overlapping_calls_once():
+    assert runner._busy_seconds([(0, 1), (2, 3)]) == 2
+    assert runner._busy_seconds([(0, 2), (1, 3), (1.5, 2.5), (5, 6)]) == 4
+    assert runner._busy_seconds([]) == 0
+
+
 def test_pure_inference_mode_reports_model_throughput(work, tmp_path):
-    status, out, err = _run(tmp_path, "-round=3", f"-om_path={work / 'tiny_4.onnx'}", "-batch_size=4",
-                            f"-input_width={SIZE}", f"-input_height={SIZE}")
+    # as benchmark.x86_64 -round=N: no input sizes given, the model's own are used (SIZE is not the default 224)
+    status, out, err = _run(tmp_path, "-round=3", f"-om_path={work / 'tiny_4.onnx'}", "-batch_size=4")
     assert status == 0, err
     assert out.count("[INFO] Dataset number:") == 3 and "ave_throughputRate:" in out
     text = (tmp_path / "result" / "PureInfer_perf_of_tiny_4_in_device_0.txt").read_text()
@@ -443,6 +506,13 @@ def test_int8_build_is_calibrated_on_bins_and_runs(work, tmp_path):
     assert any("QLinear" in n.op_type or "QuantizeLinear" in n.op_type for n in model.graph.node)
     feed = np.random.default_rng(9).standard_normal((4, 3, SIZE, SIZE), dtype=np.float32)
     assert _session(tmp_path / "tiny_int8_4.onnx").run(None, {"image": feed})[0].shape == (4, 4)
+    if runner.openvino_available():  # OpenVINO cannot convert a QOperator build: auto runs it on ONNX Runtime
+        options = runner.RunnerOptions(om_path=str(tmp_path / "tiny_int8_4.onnx"))
+        backend = runner.open_backend(options)
+        assert isinstance(backend, runner.OrtBackend)
+        assert "(-provider=auto: OpenVINO cannot load it (cannot convert QLinearConv" in backend.description
+        with pytest.raises(runner.RunnerError, match=r"tiny_int8_4.onnx: OpenVINO cannot load it \(cannot convert "):
+            runner.open_backend(dataclasses.replace(options, provider="openvino"))
     with pytest.raises(build.BuildError, match="--precision=int8 needs --calib_dir"):
         build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'y'}", "--input_shape=image:4,3,64,64",
                     "--precision=int8"])
