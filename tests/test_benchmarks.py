@@ -71,3 +71,20 @@ def test_bench_runner_times_every_candidate_on_the_same_images(tmp_path):
     # 6 images, 2 calibrated on: agreement over the other 4
     assert 0 <= figures["runner (ORT) int8 top-1 agreement % (4 images not calibrated on)"] <= 100
     assert "regroup x default" in result.stdout and "int8 x fp32 e2e" in result.stdout
+
+
+def test_benchmark_work_folders_are_new_and_private_unless_given(tmp_path):
+    """No fixed /tmp/bench_* names, where another local user could plant a symlink before the run."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import work_dir
+    first, second = work_dir(None, "bench_train"), work_dir(None, "bench_train")
+    try:
+        assert first != second and first.name.startswith("bench_train_")
+        assert (first.stat().st_mode & 0o777) == 0o700 and not first.is_symlink() and not any(first.iterdir())
+    finally:
+        first.rmdir()
+        second.rmdir()
+    assert work_dir(str(tmp_path / "given" / "w"), "bench_train") == tmp_path / "given" / "w"
+    assert (tmp_path / "given" / "w").is_dir()
+    for script in ("bench_train.py", "bench_data.py", "run_all.sh"):
+        assert "/tmp/bench" not in (ROOT / "benchmarks" / script).read_text(), script

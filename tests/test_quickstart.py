@@ -202,7 +202,7 @@ def test_a_changed_input_redoes_its_stage_and_the_later_ones_and_says_why(tmp_pa
     assert pipeline.main(["--work_dir", str(work), "--epochs", "3"]) == 0
     assert calls == list(pipeline.STAGES[1:])
     out = capsys.readouterr().out
-    assert "[2/9] train: redone: recipe.epochs changed (25 -> 3)" in out
+    assert f"[2/9] train: redone: recipe.epochs changed ({pipeline.SAMPLE_TRAIN['epochs']} -> 3)" in out
     assert "[3/9] export: redone: after train" in out and "[1/9] data: done before with the same inputs" in out
 
     calls.clear()  # a real dataset after the sample run: nothing of the sample's is reused
