@@ -219,6 +219,13 @@ def test_a_changed_input_redoes_its_stage_and_the_later_ones_and_says_why(tmp_pa
     assert calls == list(pipeline.STAGES) and "[1/9] data: redone: val_label.txt changed" in out
     assert "gives 1 of the 6 images another class than their val/<wnid>/ folder" in out
 
+    calls.clear()  # an image added to a class of the training set: training and what follows it run again
+    wnid = sorted(p.name for p in (real / "train").iterdir())[1]
+    shutil.copy(next((real / "train" / wnid).iterdir()), real / "train" / wnid / "added.JPEG")
+    assert pipeline.main(["--work_dir", str(work), "--data_path", str(real)]) == 0
+    assert calls == list(pipeline.STAGES[1:])
+    assert f"[2/9] train: redone: train images per class.{wnid} changed (1 -> 2)" in capsys.readouterr().out
+
 
 def test_an_interrupted_training_is_continued_only_with_the_same_inputs(tmp_path, monkeypatch, capsys):
     calls = []
