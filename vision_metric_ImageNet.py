@@ -30,7 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true",
                         help="labelled images without a dump are an error (default: scored without them, with a "
                              "warning, as upstream)")
+    parser.add_argument("--allow-missing-dumps", action="store_true", help=argparse.SUPPRESS)  # an old flag of ours
     args = parser.parse_args(argv)
+    if args.allow_missing_dumps:
+        print("note: --allow-missing-dumps is the default now (labelled images without a dump are left out, with a "
+              "warning); the flag is ignored", file=sys.stderr)
     result = evaluate_dumps(args.dump_dir, args.label_file, strict=args.strict)
     os.makedirs(args.result_dir, exist_ok=True)
     out = os.path.join(args.result_dir, args.result_name)

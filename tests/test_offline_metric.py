@@ -121,6 +121,12 @@ def test_labels_without_dumps_are_scored_without_them_with_a_warning_unless_stri
     assert status == 1 and "--strict: 2 image(s) labelled in" in err and "ILSVRC2012_val_00000003" in err
     assert not (tmp_path / "strict.json").exists()
 
+    # the flag that used to allow this still works, says it is the default now, and changes nothing
+    status, _, err = run_tool(metric_tool, [dumps, tmp_path / "v.txt", tmp_path / "old", "result.json",
+                                            "--allow-missing-dumps"])
+    assert status == 0 and "note: --allow-missing-dumps is the default now" in err
+    assert (tmp_path / "old" / "result.json").read_text() == written
+
 
 def _ais_bench_txt(path, values):
     """ais_bench's TXT writer (save_data_to_files): ``%f`` values, each followed by a space, then a newline."""
