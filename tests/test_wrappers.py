@@ -46,6 +46,10 @@ def test_wrappers_take_only_numbers_for_nproc_and_device_id(dataset, tmp_path):
                         timeout=60)
     assert result.returncode == 1 and (canary / "keep.txt").exists()
     assert result.stdout.strip() == f"[Error] --device_id={outside}: expected a device number (0, 1, ...)"
+    result = run_script(["bash", "test/train_full_1p.sh", f"--data_path={dataset}"], timeout=60,
+                        env={"ASCEND_DEVICE_ID": outside})  # the environment's device id names that folder too
+    assert result.returncode == 1 and (canary / "keep.txt").exists()
+    assert result.stdout.strip() == f"[Error] ASCEND_DEVICE_ID={outside}: expected a device number (0, 1, ...)"
 
 
 def test_full_1p_prints_upstreams_summary_and_case_log(dataset, tmp_path):
