@@ -215,6 +215,10 @@ class OpenVinoBackend(Backend):
                          if model.has_rt_info(["framework"]) else {})  # an ONNX model's metadata_props
         self.parallel_requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._requests: queue.Queue = queue.Queue()
+        # One Python thread at a time inside OpenVINO's API; only wait() (which releases the GIL) runs unlocked.
+        # Several threads calling InferRequest.infer() at once deadlocked here under load (py-spy: two requests
+        # copying their inputs, nobody running), the pattern OpenVINO's asynchronous API exists to avoid.
+        self._api = threading.Lock()
         for _ in range(self.parallel_requests):
             self._requests.put(self.compiled.create_infer_request())
         streams = self.compiled.get_property("NUM_STREAMS")
@@ -224,7 +228,11 @@ class OpenVinoBackend(Backend):
     def run(self, batch: np.ndarray) -> np.ndarray:
         request = self._requests.get()
         try:
-            return np.array(request.infer({0: batch})[self.output], copy=True)  # the request reuses its buffer
+            with self._api:
+                request.start_async({0: batch}, share_inputs=False)
+            request.wait()
+            with self._api:
+                return np.array(request.get_tensor(self.output).data, copy=True)  # the request reuses its buffer
         except Exception as exc:  # OpenVINO's own exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise RunnerError(f"OpenVINO failed on a batch of shape {list(batch.shape)}: {first}") from None
