@@ -99,8 +99,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("-p", "--print-freq", default=10, type=int, metavar="N", help="print frequency (steps)")
     parser.add_argument("--eval-freq", default=10, type=int, help="validate every N epochs (and after the last)")
     parser.add_argument("--stop-step-num", default=None, type=int,
-                        help="stop after this many training steps (this run), then validate if due (--eval-freq) "
-                             "and save a checkpoint that resumes mid-epoch")
+                        help="stop after this many training (optimizer) steps of this run, then validate if due "
+                             "(--eval-freq) and save a checkpoint that resumes mid-epoch")
     parser.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to continue from")
     parser.add_argument("-e", "--evaluate", dest="evaluate", action="store_true",
                         help="only evaluate (the --resume or --pretrained weights) on the val set")
@@ -141,6 +141,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--max-nonfinite-steps", default=20, type=int,
                         help="stop when for this many consecutive steps the loss was NaN/inf or the float16 loss "
                              "scaler skipped the step (default: 20)")
+    parser.add_argument("--accum-steps", default=1, type=int, metavar="K",
+                        help="gradient accumulation: each optimizer step adds up the gradients of K batches of -b, "
+                             "so it trains on -b x K images with the memory of -b; --lr, the schedule, "
+                             "--stop-step-num and the logs count optimizer steps (default: 1)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in an --output-dir that holds an earlier run's checkpoint.pth.tar "
                              "or model_best.pth.tar (they are replaced); without it such a run is refused")
@@ -157,7 +161,8 @@ def main(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.device, args.amp, args.opt_level, args.amp_dtype, args.loss_scale_value)
     for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs),
                         ("--print-freq", args.print_freq), ("--eval-freq", args.eval_freq),
-                        ("--image-size", args.image_size), ("--max-nonfinite-steps", args.max_nonfinite_steps)):
+                        ("--image-size", args.image_size), ("--max-nonfinite-steps", args.max_nonfinite_steps),
+                        ("--accum-steps", args.accum_steps)):
         if value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
     if args.workers < 0:
@@ -225,8 +230,8 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         if args.synthetic:
             num_classes = args.num_classes or 1000
             global_batch = batch_size * ctx.world_size
-            train_set = data.SyntheticImages(SYNTHETIC_TRAIN_STEPS * global_batch, args.image_size, num_classes,
-                                             seed=data_seed)
+            train_set = data.SyntheticImages(SYNTHETIC_TRAIN_STEPS * global_batch * args.accum_steps, args.image_size,
+                                             num_classes, seed=data_seed)
             val_set = data.SyntheticImages(2 * global_batch, crop_size, num_classes, seed=data_seed + 1)
             classes = class_names = train_set.classes
         else:
@@ -248,7 +253,13 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
             train_sampler = data.TrainSampler(train_set, ctx.world_size, ctx.rank, seed=data_seed)
             train_loader = data.make_loader(train_set, train_sampler, batch_size, workers, train=True,
                                             pin_memory=pin)
-            steps_per_epoch = data.steps_per_epoch(train_sampler.num_samples, batch_size)
+            steps_per_epoch, accum = data.accumulation_plan(train_sampler.num_samples, batch_size, args.accum_steps)
+            if accum < args.accum_steps:
+                printer.line(f"=> --accum-steps {args.accum_steps}: an epoch holds only {accum} batch(es) of "
+                             f"{batch_size} per process, so each optimizer step accumulates {accum}")
+            printer.line(f"=> batch size {batch_size * accum * ctx.world_size} per optimizer step: {ctx.world_size} "
+                         f"process(es) x {batch_size} images x {accum} accumulated batch(es) (-b {args.batch_size}, "
+                         f"--accum-steps {args.accum_steps})")
 
         # model
         model = se_resnext50_32x4d(num_classes=num_classes)
@@ -331,7 +342,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
             drop_records_from(log_path, start_epoch)
         config = TrainConfig(print_freq=args.print_freq, channels_last=args.channels_last,
                              max_nonfinite_steps=args.max_nonfinite_steps,
-                             profile_path=output_dir / "output.prof" if args.profile else None)
+                             profile_path=output_dir / "output.prof" if args.profile else None, accum_steps=accum)
         hooks = FaultHooks.from_env()
         lr_at = lambda epoch, step: cosine_lr(args.lr, epoch, step, steps_per_epoch, args.epochs,  # noqa: E731
                                               args.warmup_epochs)
@@ -343,7 +354,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         with GracefulStop() as stop, CheckpointWriter() as checkpoints:  # checkpoints written in the background
             for epoch in range(start_epoch, args.epochs):
                 skip = start_step if epoch == start_epoch else 0
-                train_sampler.set_position(epoch, skip * batch_size)
+                train_sampler.set_position(epoch, skip * batch_size * accum)
                 train_set.set_epoch(epoch)
                 if data.train_size_at(epoch, args.image_size, phases) != train_size or (phases and epoch == start_epoch):
                     train_size = data.train_size_at(epoch, args.image_size, phases)
@@ -353,7 +364,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 result = train_one_epoch(
                     train_model, criterion, optimizer, train_loader, device, epoch, precision=precision,
                     scaler=scaler, lr_at=lr_at, ctx=ctx, config=config, printer=printer,
-                    split_size=len(train_set), start_step=skip, num_steps=len(train_loader),
+                    split_size=len(train_set), start_step=skip, num_steps=steps_per_epoch - skip,
                     global_step=global_step, max_steps=steps_left, stop=stop, hooks=hooks,
                     check=checkpoints.check if ctx.is_main else None)
                 global_step += result.steps
@@ -393,7 +404,8 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                         "class_names": list(class_names),
                     }, output_dir, is_best)
                     append_record(log_path, {
-                        "epoch": epoch, "lr": lr_at(epoch, skip), "image_size": train_size, "train_loss": result.loss,
+                        "epoch": epoch, "lr": lr_at(epoch, skip), "image_size": train_size,
+                        "batch_size": batch_size * accum * ctx.world_size, "train_loss": result.loss,
                         "train_top1": result.top1, "train_top5": result.top5,
                         "images_per_second": result.images_per_second,
                         "seconds": result.seconds + (val.seconds if val else 0.0), "steps": result.steps,

@@ -33,7 +33,7 @@ from .model import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DataError", "MAX_BAD_FRACTION", "check_image_folder", "read_class_names", "train_transform",
            "val_transform", "val_sizes", "parse_progressive_sizes", "train_size_at", "RobustImageFolder", "SyntheticImages", "TrainSampler", "ShardSampler",
-           "collate_skipping", "make_loader", "steps_per_epoch", "check_bad_fraction"]
+           "collate_skipping", "make_loader", "steps_per_epoch", "accumulation_plan", "check_bad_fraction"]
 
 MAX_BAD_FRACTION = 0.01
 """A split with more unreadable images than this fraction is refused."""
@@ -340,3 +340,12 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
     if num_samples >= batch_size:
         return num_samples // batch_size
     return math.ceil(num_samples / batch_size)
+
+
+def accumulation_plan(num_samples: int, batch_size: int, accum_steps: int) -> tuple[int, int]:
+    """``(optimizer steps per epoch, micro-batches per step)`` for ``--accum-steps``: the train loader's
+    batches (:func:`steps_per_epoch`) are taken ``accum_steps`` at a time and a last incomplete group is left
+    out, as a last partial batch is; an epoch with fewer batches than ``accum_steps`` makes one step of all."""
+    micro_batches = steps_per_epoch(num_samples, batch_size)
+    accum = max(1, min(accum_steps, micro_batches))
+    return micro_batches // accum, accum

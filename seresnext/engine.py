@@ -18,6 +18,7 @@ Test-only fault injection (used by the test suite; never set in real runs):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -223,6 +224,7 @@ class TrainConfig:
     channels_last: bool = False
     max_nonfinite_steps: int = 20
     profile_path: Path | None = None  # --profile: Chrome trace of one steady-state step of the first epoch
+    accum_steps: int = 1  # micro-batches (loader batches) per optimizer step (--accum-steps)
 
 
 @dataclass
@@ -264,6 +266,14 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                     check: Callable[[], None] | None = None) -> EpochResult:
     """Train for one epoch (from ``start_step`` when resuming mid-epoch) and return all-rank metrics.
 
+    A step is one optimizer step over ``config.accum_steps`` consecutive loader batches (micro-batches): each
+    micro-batch's loss is divided by their number and its gradients added up, so the step equals one over the
+    whole effective batch (BatchNorm still normalises each micro-batch on its own). Under DDP the gradients are
+    all-reduced only on the last micro-batch, and a loss scaler steps and updates once per step. Steps, the
+    learning rate, ``max_steps``, the logged loss/accuracy and FPS all count optimizer steps and effective
+    batches; the loader must yield ``accum_steps`` batches for each of the ``num_steps`` steps (default: as many
+    whole steps as it holds).
+
     Stops early, at a step boundary, after ``max_steps`` steps or when ``stop`` was signalled (all ranks
     agree on it every ``print_freq`` steps). Raises :class:`NonFiniteLossError` when for
     ``config.max_nonfinite_steps`` consecutive steps the loss was non-finite or the loss scaler skipped the
@@ -273,63 +283,84 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     """
     set_train_mode(model)
     hooks = hooks or FaultHooks()
-    total = start_step + (num_steps if num_steps is not None else len(loader))
+    accum = config.accum_steps
+    total = start_step + (num_steps if num_steps is not None else len(loader) // accum)
     batch_fmt = _batch_fmt(total)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    no_sync = getattr(model, "no_sync", None)  # DDP: skip the all-reduce of all but the last micro-batch
     # [loss sum over finite steps, images of finite steps, top-1 hits, top-5 hits, non-finite steps,
     #  steps skipped by the loss scaler]
     stats = torch.zeros(6, device=device)
     streak = torch.zeros((), dtype=torch.long, device=device)
     last_step = stats
-    loss = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device)  # the loss of the last step (mean over its effective batch)
+    finite = torch.ones((), dtype=torch.bool, device=device)
     bad_paths: list[str] = []
-    steps = images_seen = 0
+    steps = images_seen = batch = 0
     data_seconds = 0.0
     last_data = 0.0
     stopped = False
     marks: dict[int, tuple[float, int]] = {}  # steps done -> (time, images) at the end of that step
 
     synchronize(device)
-    start = end = time.perf_counter()
+    start = time.perf_counter()
     marks[0] = (start, 0)
     last_print = (start, 0)
     profiler = None
     profile_at = start_step + min(FPS_WARMUP_STEPS, max(total - start_step - 1, 0))
-    for i, (images, target, bad) in enumerate(printer.bar(loader, total - start_step, f"epoch {epoch}"),
-                                              start=start_step):
-        last_data = time.perf_counter() - end
-        data_seconds += last_data
-        if bad:
-            bad_paths.extend(bad)
-            for item in bad:
-                printer.warn(f"unreadable train image skipped: {item}")
+    batches = iter(loader)
+    for i in printer.bar(range(start_step, total), total - start_step, f"epoch {epoch}"):
         hooks.before_step(ctx.rank, global_step)
         lr = lr_at(epoch, i)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        target = target.to(device, non_blocking=True)
         if i == profile_at and config.profile_path is not None and not config.profile_path.exists():
             profiler = torch.profiler.profile(record_shapes=True)
             profiler.__enter__()
 
-        with precision.autocast():
-            output = model(images)
-            loss = criterion(output, target)
-        loss = hooks.corrupt_loss(global_step, loss) if hooks.active else loss
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        loss = torch.zeros((), device=device)
+        hits = torch.zeros(2, device=device)
+        batch = 0
+        last_data = 0.0
+        for micro in range(accum):
+            waited = time.perf_counter()
+            item = next(batches, None)
+            last_data += time.perf_counter() - waited
+            if item is None:
+                if micro == 0:
+                    break
+                raise RuntimeError(f"the train loader ran out in the middle of step {i} (micro-batch {micro} of "
+                                   f"{accum}); it must yield --accum-steps batches per step")
+            images, target, bad = item
+            if bad:
+                bad_paths.extend(bad)
+                for path in bad:
+                    printer.warn(f"unreadable train image skipped: {path}")
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            target = target.to(device, non_blocking=True)
+            sync = no_sync is None or micro == accum - 1
+            with contextlib.nullcontext() if sync else no_sync():
+                with precision.autocast():
+                    output = model(images)
+                    micro_loss = criterion(output, target)
+                micro_loss = hooks.corrupt_loss(global_step, micro_loss) if hooks.active else micro_loss
+                scaler.scale(micro_loss / accum).backward()
+            with torch.no_grad():
+                loss = loss + micro_loss.detach().float() / accum
+                hits += torch.stack(correct_counts(output, target)).float()
+            batch += images.shape[0]
+        if batch == 0:  # the loader held fewer steps than expected: the epoch ends here
+            break
+        data_seconds += last_data
         scaler.step(optimizer)
         skipped = _skipped_by_scaler(scaler, optimizer, device)  # read before update() forgets it
         scaler.update()
 
         with torch.no_grad():
-            value = loss.detach().float()
-            finite = torch.isfinite(value)
-            batch = images.shape[0]
-            top1_hits, top5_hits = correct_counts(output, target)
-            last_step = torch.stack([torch.where(finite, value, 0.0) * batch, finite.float() * batch,
-                                     top1_hits.float(), top5_hits.float(), (~finite).float(), skipped.float()])
+            finite = torch.isfinite(loss)
+            last_step = torch.cat([torch.stack([torch.where(finite, loss, 0.0) * batch, finite.float() * batch]),
+                                   hits, torch.stack([(~finite).float(), skipped.float()])])
             stats += last_step
             streak = (streak + 1) * (~finite | skipped)
         if profiler is not None:
@@ -346,7 +377,6 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         if steps in (1, FPS_WARMUP_STEPS):
             synchronize(device)
             marks[steps] = (time.perf_counter(), images_seen)
-        end = time.perf_counter()
 
         limit_reached = max_steps is not None and steps >= max_steps
         signalled = stop is not None and stop.requested

@@ -57,6 +57,47 @@ def test_ranks_agree_on_float32_when_any_cpu_lacks_native_bfloat16(tmp_path, nat
         assert results[0][1] == "--amp: another rank's CPU has no native bfloat16, so every rank runs float32"
 
 
+def _accumulate_under_ddp(rank: int, store: str, results) -> None:
+    """Two optimizer steps of 3 micro-batches each under DDP, counting the gradient all-reduces."""
+    from torch import nn
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    from seresnext.engine import Printer, TrainConfig, train_one_epoch
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    ctx = DistContext(rank=rank, world_size=2, local_rank=rank, local_world_size=2, backend="gloo")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    ddp = DistributedDataParallel(model)
+    calls = []
+
+    def counting_hook(process_group, bucket):
+        calls.append(bucket.index())
+        return allreduce_hook(process_group, bucket)
+
+    ddp.register_comm_hook(None, counting_hook)
+    gen = torch.Generator().manual_seed(rank)
+    loader = [(torch.randn(2, 3, 8, 8, generator=gen), torch.randint(0, 5, (2,), generator=gen), [])
+              for _ in range(6)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = train_one_epoch(ddp, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), 0,
+                             precision=Precision("cpu"), scaler=Precision("cpu").make_scaler(),
+                             lr_at=lambda e, s: 0.1, ctx=ctx, config=TrainConfig(print_freq=10, accum_steps=3),
+                             printer=Printer(ctx), split_size=100)
+    results[rank] = (result.steps, result.images, len(calls), [p.detach().clone() for p in model.parameters()])
+    dist.destroy_process_group()
+
+
+def test_ddp_all_reduces_gradients_only_on_the_last_micro_batch_of_a_step(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_accumulate_under_ddp, args=(str(tmp_path / "store"), results), nprocs=2)
+    (steps, images, reduces, weights), (_, _, _, other) = results[0], results[1]
+    assert (steps, images) == (2, 24)  # 2 ranks x 2 steps x 3 micro-batches x 2 images
+    assert reduces == 2  # one all-reduce (a single bucket) per optimizer step, not one per micro-batch
+    assert all(torch.equal(a, b) for a, b in zip(weights, other))  # the ranks stay in step
+
+
 def test_torchrun_job_with_a_killed_worker_restarts_and_finishes(tmp_path):
     data = make_image_folder(tmp_path / "d", classes=4, train=4, val=3)
     out = tmp_path / "out"

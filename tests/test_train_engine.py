@@ -138,3 +138,70 @@ def test_stop_request_ends_validation_at_a_batch_boundary(capsys):
     out = capsys.readouterr().out
     assert "Test: [" not in out and "[AVG-ACC]" not in out
     assert "=> validation stopped by a signal after 0 images; not counted" in out
+
+
+# ------------------------------------------------------------------------------ gradient accumulation ---
+
+def plain_model() -> nn.Module:
+    """No BatchNorm: its output for an image does not depend on the other images of the batch, so a step over
+    micro-batches must equal a step over their union."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 6))
+
+
+def accumulate(model, loader, accum, *, precision=Precision("cpu"), scaler=None, stop=None, num_steps=None):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)
+    scaler = scaler or precision.make_scaler()
+    result = train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), 0,
+                             precision=precision, scaler=scaler, lr_at=lambda e, s: 0.5, ctx=DistContext(),
+                             config=TrainConfig(print_freq=1, accum_steps=accum), printer=Printer(DistContext()),
+                             split_size=1000, stop=stop, num_steps=num_steps)
+    return result, scaler
+
+
+def whole(micro_batches: list, accum: int) -> list:
+    """The same images, ``accum`` micro-batches joined into one batch."""
+    return [(torch.cat([m[0] for m in micro_batches[i:i + accum]]),
+             torch.cat([m[1] for m in micro_batches[i:i + accum]]), [])
+            for i in range(0, len(micro_batches), accum)]
+
+
+@pytest.mark.parametrize("accum", [2, 4])
+def test_an_optimizer_step_over_k_micro_batches_equals_one_over_the_whole_batch(accum, capsys):
+    micro = batches(2 * accum, size=3)  # two optimizer steps: momentum and weight decay take part
+    accumulated, reference = plain_model(), plain_model()
+    result, _ = accumulate(accumulated, micro, accum)
+    expected, _ = accumulate(reference, whole(micro, accum), 1)
+    assert (result.steps, result.images) == (2, 6 * accum) == (expected.steps, expected.images)
+    assert result.loss == pytest.approx(expected.loss, rel=1e-6)
+    assert (result.top1, result.top5) == (expected.top1, expected.top5)
+    worst = max((a - b).abs().max().item() for a, b in zip(accumulated.parameters(), reference.parameters()))
+    assert worst < 1e-6, worst  # float32 summation order only; the weights moved by far more
+    assert max((a - b).abs().max().item() for a, b in zip(plain_model().parameters(), reference.parameters())) > 1e-2
+    progress = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch:")]
+    assert progress == ["Epoch: [0][0/2]", "Epoch: [0][1/2]"] * 2  # steps are optimizer steps
+
+
+def test_the_loss_scaler_steps_and_updates_once_per_optimizer_step(capsys):
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)  # doubles after every good step
+    result, scaler = accumulate(plain_model(), batches(6, size=3), 3, precision=Precision("cpu", torch.float16, None),
+                                scaler=scaler)
+    assert result.steps == 2 and result.skipped_steps == 0
+    assert scaler.get_scale() == 1024.0 * 2 ** 2  # two updates, not six
+
+
+def test_a_stop_request_mid_accumulation_finishes_the_optimizer_step(capsys):
+    """Stops (and checkpoints) happen only at optimizer-step boundaries: a signal during the first micro-batch
+    still runs the rest of that step, so a resumed run never starts mid-accumulation."""
+    taken = []
+
+    def loader(stop):
+        for k, item in enumerate(batches(8, size=3)):
+            taken.append(k)
+            if k == 0:
+                stop.signum = signal.SIGTERM  # as GracefulStop's handler does
+            yield item
+
+    with GracefulStop() as stop:
+        result, _ = accumulate(plain_model(), loader(stop), 4, stop=stop, num_steps=2)
+    assert result.stopped_by_signal and result.steps == 1 and result.images == 12 and taken == [0, 1, 2, 3]

@@ -363,3 +363,38 @@ def test_resume_refuses_another_optimizer_and_applies_changed_settings_in_one_li
             "(checkpoint: 0.0001), --momentum 0.8 (checkpoint: 0.9)") in capsys.readouterr().out
     group = load(tmp_path / "checkpoint.pth.tar")["optimizer"]["param_groups"][0]
     assert (group["weight_decay"], group["momentum"]) == (5e-4, 0.8)
+
+
+def test_accumulation_counts_optimizer_steps_and_resumes_exactly_at_their_boundaries(dataset, tmp_path, capsys):
+    """-b 4 --accum-steps 2: 16 images are 4 micro-batches, 2 optimizer steps of 8 images per epoch; the schedule,
+    --stop-step-num, the checkpoint's step counts and the logged batch size all count optimizer steps."""
+    flags = ["--data_path", dataset, "--epochs", 2, *TINY, "-b", 4, "--accum-steps", 2]
+    assert run_main([*flags, "--output-dir", tmp_path / "straight"]) == 0
+    out = capsys.readouterr().out
+    assert "=> batch size 8 per optimizer step: 1 process(es) x 4 images x 2 accumulated batch(es) (-b 4, " \
+           "--accum-steps 2)" in out
+    assert [line.split("\t")[0] for line in out.splitlines() if line.startswith("Epoch: [0]")] == \
+        ["Epoch: [0][0/2]", "Epoch: [0][1/2]"]
+    assert load(tmp_path / "straight" / "checkpoint.pth.tar")["global_step"] == 4
+    records = [json.loads(r) for r in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["batch_size"], r["steps"]) for r in records] == [(8, 2), (8, 2)]
+    assert records[1]["lr"] == pytest.approx(0.005)  # the cosine of upstream's per-epoch schedule, as without
+    # 3 optimizer steps (6 micro-batches), then the rest: the same weights as the straight run
+    assert run_main([*flags, "--output-dir", tmp_path / "resumed", "--stop-step-num", 3]) == 0
+    assert "=> stopped after --stop-step-num 3 steps" in capsys.readouterr().out
+    ckpt = load(tmp_path / "resumed" / "checkpoint.pth.tar")
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["global_step"]) == (1, 1, 3)
+    assert run_main([*flags, "--output-dir", tmp_path / "resumed", "--auto-resume"]) == 0
+    assert "Epoch: [1][1/2]" in capsys.readouterr().out.split("=> loaded checkpoint")[1]
+    assert same_weights(load(tmp_path / "resumed" / "checkpoint.pth.tar")["state_dict"],
+                        load(tmp_path / "straight" / "checkpoint.pth.tar")["state_dict"]) == []
+
+
+def test_accumulation_larger_than_an_epoch_makes_one_step_of_every_batch(dataset, tmp_path, capsys):
+    assert run_main(["--data_path", dataset, "--output-dir", tmp_path, "--epochs", 1, *TINY, "-b", 4,
+                     "--accum-steps", 8]) == 0
+    out = capsys.readouterr().out
+    assert "=> --accum-steps 8: an epoch holds only 4 batch(es) of 4 per process, so each optimizer step " \
+           "accumulates 4" in out
+    assert "=> batch size 16 per optimizer step" in out and "Epoch: [0][0/1]" in out
+    assert load(tmp_path / "checkpoint.pth.tar")["global_step"] == 1
