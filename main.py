@@ -28,9 +28,10 @@ from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, a
                                   restore_optimizer, CheckpointWriter)
 from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, make_device, normalize_device_type,
                                resolve_precision)
-from seresnext.distributed import (LaunchPlan, agree_on_precision, any_rank, average_buffers, choose_backend,
-                                   init_distributed, is_peer_failure, plan_launch, shutdown, spawn_workers,
-                                   wrap_ddp)
+from seresnext import memory
+from seresnext.distributed import (DistContext, LaunchPlan, agree_on_precision, any_rank, average_buffers,
+                                   choose_backend, init_distributed, is_peer_failure, plan_launch, shutdown,
+                                   spawn_workers, wrap_ddp)
 from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, cosine_lr,
                               check_finite_weights, evaluate, train_one_epoch)
 from seresnext.model import se_resnext50_32x4d
@@ -38,7 +39,8 @@ from seresnext.training_log import LOG_NAME, PLOT_NAME, append_record, drop_reco
 
 PROG = "main.py"
 SYNTHETIC_TRAIN_STEPS = 50  # --synthetic: an epoch is this many global batches; validation is 2
-KNOWN_ERRORS = (data.DataError, CheckpointError, NonFiniteLossError, ValueError, OSError)
+KNOWN_ERRORS = (data.DataError, CheckpointError, NonFiniteLossError, memory.NotEnoughMemoryError, ValueError,
+                OSError)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -145,6 +147,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="gradient accumulation: each optimizer step adds up the gradients of K batches of -b, "
                              "so it trains on -b x K images with the memory of -b; --lr, the schedule, "
                              "--stop-step-num and the logs count optimizer steps (default: 1)")
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="start even when the memory estimate says a step does not fit (see docs/training.md)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in an --output-dir that holds an earlier run's checkpoint.pth.tar "
                              "or model_best.pth.tar (they are replaced); without it such a run is refused")
@@ -293,6 +297,10 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         scaler = precision.make_scaler()
         printer.line(f"=> precision: {precision.describe()}")
 
+        # memory: a step that cannot fit is refused now, before any work
+        oom_advice = check_memory(args, model, device, precision, ctx, printer, batch_size=batch_size,
+                                  eval_size=crop_size, workers=workers)
+
         # resume
         start_epoch, start_step, global_step, best_acc1 = args.start_epoch, 0, 0, 0.0
         resume = args.resume
@@ -327,8 +335,9 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
             printer.line(f"=> loaded checkpoint '{resume}' (epoch {checkpoint['epoch']})")
 
         if args.evaluate:
-            evaluate(model, val_criterion, val_loader, device, precision=precision, ctx=ctx, printer=printer,
-                     print_freq=args.print_freq, split_size=len(val_set), channels_last=args.channels_last)
+            with memory.explain_out_of_memory(oom_advice, "during evaluation"):
+                evaluate(model, val_criterion, val_loader, device, precision=precision, ctx=ctx, printer=printer,
+                         print_freq=args.print_freq, split_size=len(val_set), channels_last=args.channels_last)
             return 0
 
         # compile, DDP (validation and checkpoints use the plain model)
@@ -351,7 +360,11 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         phases = data.parse_progressive_sizes(args.progressive_sizes, args.image_size)
         train_size = args.image_size
         best_on_disk = bool(resume) and (output_dir / BEST_NAME).exists()  # a new run replaces an old model_best
-        with GracefulStop() as stop, CheckpointWriter() as checkpoints:  # checkpoints written in the background
+        # checkpoints are written in the background; an out-of-memory error becomes one line (after the write in
+        # flight has finished: the last checkpoint stays whole)
+        with GracefulStop() as stop, CheckpointWriter() as checkpoints, \
+                memory.explain_out_of_memory(oom_advice + f"; the last checkpoint written in {output_dir} is intact "
+                                             f"(continue from it with --auto-resume)", "during training"):
             for epoch in range(start_epoch, args.epochs):
                 skip = start_step if epoch == start_epoch else 0
                 train_sampler.set_position(epoch, skip * batch_size * accum)
@@ -382,6 +395,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                     val = None if val.stopped else val
                 # a signal took the validation this epoch was due: the checkpoint resumes at it
                 val_pending = due and epoch_done and val is None
+                peak = memory.peak_bytes(device)  # this process's, so far: to hold against the "=> memory:" line
                 # the first validated epoch always writes model_best (upstream skipped it at 0% top-1)
                 is_best = val is not None and (val.top1 > best_acc1 or not best_on_disk)
                 best_on_disk = best_on_disk or is_best
@@ -410,7 +424,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                         "images_per_second": result.images_per_second,
                         "seconds": result.seconds + (val.seconds if val else 0.0), "steps": result.steps,
                         "skipped_images": result.skipped_images, "nonfinite_steps": result.nonfinite_steps,
-                        "skipped_steps": result.skipped_steps,
+                        "skipped_steps": result.skipped_steps, "peak_memory_bytes": peak,
                         "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
                         "val_top5": val.top5 if val else None})
                 summary = (f"=> Epoch[{epoch}] summary: train loss {result.loss:.4f} top-1 {result.top1:.3f} "
@@ -420,6 +434,8 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                            f"skipped by the loss scaler")
                 if val is not None:
                     summary += f" | val loss {val.loss:.4f} top-1 {val.top1:.3f} top-5 {val.top5:.3f}"
+                if peak is not None:
+                    summary += f" | peak memory {memory.gib(peak)}"
                 printer.line(summary)
                 if any_rank(stop.requested, ctx, device):
                     checkpoints.wait()
@@ -440,6 +456,25 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         return status
     finally:
         shutdown(ctx)
+
+
+def check_memory(args: argparse.Namespace, model: nn.Module, device: torch.device, precision: Precision,
+                 ctx: DistContext, printer: Printer, *, batch_size: int, eval_size: int, workers: int) -> str:
+    """Refuse a run whose step cannot fit, before any work (:func:`seresnext.memory.check_step_memory`), unless
+    ``--skip-memory-check``; returns the advice an out-of-memory error during the run is given."""
+    if args.skip_memory_check:
+        printer.line("=> memory check skipped (--skip-memory-check)")
+        return memory.smaller_batch_advice(args.batch_size, args.accum_steps, ctx.local_world_size, batch_size // 2)
+    phases = data.parse_progressive_sizes(args.progressive_sizes, args.image_size)
+    shape = memory.RunShape(batch=batch_size, image_size=max([args.image_size, *(size for size, _ in phases)]),
+                            eval_size=eval_size, workers=workers,
+                            optimizer_states=2 if args.optimizer == "adamw" else int(args.momentum != 0),
+                            distributed=ctx.distributed, evaluate_only=args.evaluate,
+                            channels_last=args.channels_last)
+    result = memory.check_step_memory(model, device, precision, shape, ctx, batch_flag=args.batch_size,
+                                      accum_steps=args.accum_steps)
+    printer.line(result.line)
+    return result.oom_advice
 
 
 def set_train_size(train_set, size: int, args: argparse.Namespace) -> None:

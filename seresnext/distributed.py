@@ -28,8 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .devices import Precision, dist_backend_for
 
 __all__ = ["DistContext", "LaunchPlan", "parse_device_list", "torchrun_env", "plan_launch", "choose_backend",
-           "init_distributed", "shutdown", "wrap_ddp", "all_reduce_sum", "any_rank", "agree_on_precision", "average_buffers",
-           "is_peer_failure", "spawn_workers"]
+           "init_distributed", "shutdown", "wrap_ddp", "all_reduce_sum", "all_reduce_max", "any_rank",
+           "agree_on_precision", "average_buffers", "is_peer_failure", "spawn_workers"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,13 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum ``values`` over all ranks (returns the input unchanged in a single process)."""
     if ctx.distributed:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def all_reduce_max(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Element-wise maximum of ``values`` over all ranks (the input unchanged in a single process)."""
+    if ctx.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return values
 
 
