@@ -6,8 +6,9 @@
 #   case_suffix   acc, perf or eval (the CaseName ending)
 #   evaluate      true: --resume=<output dir>/model_best.pth.tar --evaluate instead of training
 # Arguments: --data_path=DIR (required), --device_id=N, and the optional overrides --epochs= --batch_size=
-# --lr= --nproc= --image_size= --workers= --output_dir= --device=; any other --flag[=value] goes to main.py
-# unchanged (e.g. --label-smoothing=0.1, --warmup-epochs=2, --stop-step-num=100).
+# --lr= --nproc= --image_size= --workers= --output_dir= --device= --accum_steps= (gradient accumulation: the
+# batch per optimizer step, and BatchSize in the CaseName, is batch_size x accum_steps); any other
+# --flag[=value] goes to main.py unchanged (e.g. --label-smoothing=0.1, --warmup-epochs=2, --stop-step-num=100).
 # Writes test/output/<device id>/train_<device id>.log (main.py's output), <CaseName>.log (key = value
 # summary) and train_<CaseName>_loss.txt; checkpoints go to --output_dir (default: the repository root, as
 # upstream). A training case starts a new run there, as upstream, replacing an earlier run's checkpoints
@@ -20,6 +21,7 @@ image_size=""
 workers=""
 output_dir=""
 device=""
+accum_steps=1
 extra_args=()
 for para in "$@"; do
     case "${para}" in
@@ -33,6 +35,7 @@ for para in "$@"; do
         --workers=*)    workers="${para#*=}" ;;
         --output_dir=*) output_dir="${para#*=}" ;;
         --device=*)     device="${para#*=}" ;;
+        --accum_steps=*) accum_steps="${para#*=}" ;;
         --*)            extra_args+=("${para}") ;;
         *)              echo "[Error] unknown argument '${para}' (expected --name=value)"; exit 1 ;;
     esac
@@ -42,12 +45,18 @@ if [[ "${data_path}" == "" ]]; then
     echo "[Error] para \"data_path\" must be confing"
     exit 1
 fi
-# Numbers only: --nproc goes into shell arithmetic, the device id into the path of the output folder that is
-# emptied with rm -rf.
+# Numbers only: --nproc, --batch_size and --accum_steps go into shell arithmetic, the device id into the path of
+# the output folder that is emptied with rm -rf.
 if [[ -n "${nproc}" && ! "${nproc}" =~ ^[1-9][0-9]*$ ]]; then
     echo "[Error] --nproc=${nproc}: expected a positive integer"
     exit 1
 fi
+for para in "batch_size=${batch_size}" "accum_steps=${accum_steps}"; do
+    if [[ ! "${para#*=}" =~ ^[1-9][0-9]*$ ]]; then
+        echo "[Error] --${para}: expected a positive integer"
+        exit 1
+    fi
+done
 if [[ ! "${device_id}" =~ ^[0-9]+$ ]]; then
     echo "[Error] --device_id=${device_id}: expected a device number (0, 1, ...)"
     exit 1
@@ -126,6 +135,7 @@ cmd=("${PYTHON}" -u main.py
      --workers "${workers}"
      --epoch="${train_epochs}"
      --batch-size="${batch_size}"
+     --accum-steps="${accum_steps}"
      --lr="${learning_rate}"
      --momentum 0.9
      --wd 1e-4
@@ -177,12 +187,12 @@ fi
 echo "Final Train Accuracy : ${train_accuracy}"
 echo "E2E Training Duration sec : ${e2e_time}"
 
-BatchSize=${batch_size}
+BatchSize=$(( batch_size * accum_steps ))  # images per optimizer step (main.py's -b is per micro-batch)
 DeviceType=$(uname -m)
 CaseName=${Network}_bs${BatchSize}_${RANK_SIZE}p_${case_suffix}
 ActualFPS=${FPS}
-# ms per step: every process takes one step on its share of the node's batch at the same time.
-TrainingTime=$(awk -v b="${batch_size}" -v f="${FPS}" 'BEGIN { if (f + 0 > 0) printf "%.2f\n", b * 1000 / f; else print "N/A" }')
+# ms per optimizer step: every process takes one step on its share of the node's batch at the same time.
+TrainingTime=$(awk -v b="${BatchSize}" -v f="${FPS}" 'BEGIN { if (f + 0 > 0) printf "%.2f\n", b * 1000 / f; else print "N/A" }')
 if [ "${evaluate}" == "true" ]; then
     ActualLoss=$(grep -a '=> validation loss' "${log}" | tail -n 1 | awk '{print $4}')
 else

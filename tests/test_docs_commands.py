@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 WRAPPER_OPTIONS = {"--data_path", "--device_id", "--epochs", "--batch_size", "--lr", "--nproc", "--image_size",
-                   "--workers", "--output_dir", "--device"}
+                   "--workers", "--output_dir", "--device", "--accum_steps"}
 
 
 def documented_commands():

@@ -166,7 +166,7 @@ def whole(micro_batches: list, accum: int) -> list:
             for i in range(0, len(micro_batches), accum)]
 
 
-@pytest.mark.parametrize("accum", [2, 4])
+@pytest.mark.parametrize("accum", [2, 4, 8])
 def test_an_optimizer_step_over_k_micro_batches_equals_one_over_the_whole_batch(accum, capsys):
     micro = batches(2 * accum, size=3)  # two optimizer steps: momentum and weight decay take part
     accumulated, reference = plain_model(), plain_model()

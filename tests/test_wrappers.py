@@ -30,14 +30,19 @@ def test_wrappers_require_data_path(script):
     assert result.returncode == 1 and result.stdout.strip() == '[Error] para "data_path" must be confing'
 
 
-def test_wrappers_take_only_numbers_for_nproc_and_device_id(dataset, tmp_path):
-    """--nproc goes into shell arithmetic (which runs command substitutions) and the device id into the path
-    that is emptied with rm -rf: anything but a number is refused before either."""
+def test_wrappers_take_only_numbers_for_nproc_batch_accumulation_and_device_id(dataset, tmp_path):
+    """--nproc, --batch_size and --accum_steps go into shell arithmetic (which runs command substitutions) and the
+    device id into the path that is emptied with rm -rf: anything but a number is refused before either."""
     planted = tmp_path / "planted"
     result = run_script(["bash", "test/train_full_8p.sh", f"--data_path={dataset}", f"--nproc=a[$(touch {planted})]",
                          "--device=cpu"], timeout=60)
     assert result.returncode == 1 and not planted.exists()
     assert result.stdout.strip() == f"[Error] --nproc=a[$(touch {planted})]: expected a positive integer"
+    for option in ("--batch_size", "--accum_steps"):
+        result = run_script(["bash", "test/train_full_1p.sh", f"--data_path={dataset}",
+                             f"{option}=a[$(touch {planted})]"], timeout=60)
+        assert result.returncode == 1 and not planted.exists()
+        assert result.stdout.strip() == f"[Error] {option}=a[$(touch {planted})]: expected a positive integer"
     canary = tmp_path / "canary"
     canary.mkdir()
     (canary / "keep.txt").write_text("x")
@@ -73,11 +78,18 @@ def test_full_1p_prints_upstreams_summary_and_case_log(dataset, tmp_path):
     assert ("=> precision: float32 (--amp: this CPU has no native bfloat16; bfloat16 would be emulated and slower"
             in log and "--device cpu" in log)
     assert (tmp_path / "model_best.pth.tar").is_file()
-    # a rerun into the same folder starts a new run there, as upstream's wrappers did
+    # a rerun into the same folder starts a new run there, as upstream's wrappers did; --accum_steps=2 makes
+    # steps of 2 x 8 images, and BatchSize, the CaseName and TrainingTime count them
     result = run_script(["bash", "test/train_full_1p.sh", f"--data_path={dataset}", f"--output_dir={tmp_path}",
-                         *QUICK, "--stop-step-num=1"])
+                         *QUICK, "--stop-step-num=1", "--accum_steps=2"])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)["args"]["overwrite"] is True
+    saved = torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)
+    assert saved["args"]["overwrite"] is True and (saved["args"]["accum_steps"], saved["global_step"]) == (2, 1)
+    fields = case_log("Se-ResNext-50-32x4d_bs16_1p_acc")
+    fps = float(fields["ActualFPS"])
+    assert fields["BatchSize"] == "16" and float(fields["TrainingTime"]) == pytest.approx(16 * 1000 / fps, abs=0.01)
+    assert "=> batch size 16 per optimizer step: 1 process(es) x 8 images x 2 accumulated batch(es)" in \
+        (OUTPUT / "train_0.log").read_text()
 
 
 def test_8p_on_cpu_runs_two_processes_and_reduces_validation(dataset, tmp_path, capsys):
