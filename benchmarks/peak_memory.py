@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-GIB = 1024 ** 3
+from common import ROOT  # noqa: F401  (puts the repository on sys.path)
+from seresnext.memory import GIB, proc_field
 
 
 def children(pid: int) -> list[int]:
@@ -46,17 +47,6 @@ def tree(root: int) -> list[int]:
     return pids
 
 
-def field(path: str, key: str) -> int:
-    """A ``Key:  N kB`` field of a /proc file, in bytes (0 when the process is gone)."""
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between samples (default 0.1)")
@@ -73,8 +63,8 @@ def main() -> int:
         pids = tree(proc.pid)
         total = 0
         for pid in pids:
-            total += field(f"/proc/{pid}/smaps_rollup", "Pss")
-            own_peaks[pid] = max(own_peaks.get(pid, 0), field(f"/proc/{pid}/status", "VmHWM"))
+            total += proc_field(f"/proc/{pid}/smaps_rollup", "Pss") or 0
+            own_peaks[pid] = max(own_peaks.get(pid, 0), proc_field(f"/proc/{pid}/status", "VmHWM") or 0)
         if total > peak_pss:
             peak_pss, peak_processes = total, len(pids)
         time.sleep(args.interval)

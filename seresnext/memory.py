@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import resource
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,9 +37,9 @@ from .engine import set_train_mode
 
 __all__ = ["BACKWARD_LIVE", "EVAL_LIVE", "AUTOCAST_WEIGHT_COPIES", "USABLE_FRACTION", "PROBE_MAX_SIZE",
            "WORKER_BYTES", "GIB", "NotEnoughMemoryError", "ActivationProbe", "probe_activations", "Available",
-           "cgroup_free", "available_memory", "RunShape", "StepMemory", "estimate_step_memory", "batch_advice",
-           "smaller_batch_advice", "CheckResult", "check_step_memory", "gib", "peak_bytes", "is_out_of_memory",
-           "explain_out_of_memory"]
+           "proc_field", "cgroup_free", "available_memory", "RunShape", "StepMemory", "estimate_step_memory",
+           "batch_advice", "smaller_batch_advice", "CheckResult", "check_step_memory", "gib", "peak_bytes",
+           "is_out_of_memory", "explain_out_of_memory"]
 
 GIB = 1024 ** 3
 BACKWARD_LIVE = 3.0
@@ -163,18 +162,16 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _meminfo(key: str, path: Path = Path("/proc/meminfo")) -> int | None:
+def proc_field(path: str | Path, key: str) -> int | None:
+    """A ``Key:  N kB`` field of a /proc file (``/proc/meminfo``, ``/proc/<pid>/status``, ``smaps_rollup``) in
+    bytes; None when the file or the field is missing (e.g. the process has exited)."""
     try:
-        for line in path.read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def _own_status(key: str) -> int | None:
-    return _meminfo(key, Path("/proc/self/status"))
 
 
 def cgroup_free(root: Path = Path("/sys/fs/cgroup"), cgroup_file: Path = Path("/proc/self/cgroup")) -> int | None:
@@ -208,18 +205,18 @@ def available_memory(device: torch.device, processes_here: int = 1) -> Available
     """What this process may use on ``device``; ``processes_here`` processes of the run share a CPU's memory.
     None when the device cannot tell (an npu without ``mem_get_info``)."""
     if device.type == "cpu":
-        held = _own_status("VmRSS") or 0
-        shares = {"MemAvailable": _meminfo("MemAvailable"), "cgroup limit": cgroup_free()}
+        held = proc_field("/proc/self/status", "VmRSS") or 0
+        shares = {"MemAvailable": proc_field("/proc/meminfo", "MemAvailable"), "cgroup limit": cgroup_free()}
         known = {k: v for k, v in shares.items() if v is not None}
         if not known:
             return None
         source = min(known, key=known.get)
-        free, source = known[source] // max(1, processes_here), source
+        free = known[source] // max(1, processes_here)
         if processes_here > 1:
             source += f" / {processes_here} processes"
         soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
         if soft != resource.RLIM_INFINITY:
-            address_free = max(0, soft - (_own_status("VmSize") or 0))
+            address_free = max(0, soft - (proc_field("/proc/self/status", "VmSize") or 0))
             if address_free < free:
                 free, source = address_free, "address-space limit (ulimit -v)"
         return Available(held, free, source)
@@ -374,7 +371,8 @@ def check_step_memory(model: nn.Module, device: torch.device, precision: Precisi
     dtype = str(precision.dtype or torch.float32).replace("torch.", "")
     step = (f"{'an evaluation' if shape.evaluate_only else 'a training'} step at -b {batch_flag} ({shape.batch} "
             f"images of {shape.image_size} px per process, {dtype}, "
-            f"{'channels-last' if shape.channels_last else 'NCHW'}) needs about {gib(need)}")
+            f"{'channels-last' if shape.channels_last else 'NCHW'}) needs about {gib(need)}"
+            f"{f' with its {shape.workers} loader worker(s)' if shape.workers and device.type == 'cpu' else ''}")
     room = (f"{gib(total)} is available per process ({available.source}; the check keeps "
             f"{100 - round(100 * USABLE_FRACTION)}% of it free)")
     if need > limit:
@@ -404,7 +402,8 @@ def peak_bytes(device: torch.device) -> int | None:
 
 # --------------------------------------------------------------------------------------- out of memory ---
 
-_OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "out of memory")
+_OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "out of memory",
+                "killed by signal: killed")  # a loader worker SIGKILLed: almost always the kernel's OOM killer
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

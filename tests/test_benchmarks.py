@@ -88,3 +88,31 @@ def test_benchmark_work_folders_are_new_and_private_unless_given(tmp_path):
     assert (tmp_path / "given" / "w").is_dir()
     for script in ("bench_train.py", "bench_data.py", "run_all.sh"):
         assert "/tmp/bench" not in (ROOT / "benchmarks" / script).read_text(), script
+
+
+def test_measure_memory_sets_the_checks_estimate_beside_each_runs_real_peak(tmp_path):
+    out = tmp_path / "memory.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "measure_memory.py"), "--cases",
+                             "32:fp32:nchw:2,4", "eval:32:bf16:cl:2", "--workdir", str(tmp_path / "work"),
+                             "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["evaluate"], r["batch"], r["dtype"], r["channels_last"]) for r in rows] == \
+        [(False, 2, "fp32", False), (False, 4, "fp32", False), (True, 2, "bf16", True)]
+    for row in rows:  # a process with torch and the model loaded holds far more than 0.3 GiB
+        assert 0.3 < row["estimate_gib"] < row["available_gib"] and 0.3 < row["measured_gib"] < 64
+    assert "| train | 32 | fp32 | NCHW | 2 |" in result.stdout
+
+
+def test_peak_memory_follows_the_whole_process_tree(tmp_path):
+    """A parent holding little and a child holding 300 MB: the tree's peak counts the child."""
+    child = "import time; block = bytearray(300 * 2 ** 20); time.sleep(1.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    out = tmp_path / "peak.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peak_memory.py"), "--json", str(out), "--",
+                             sys.executable, "-c", parent], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["status"] == 0 and report["processes_seen"] >= 2
+    assert 0.29 < report["peak_pss_gib"] < 1.0 and report["sum_of_own_peaks_gib"] > 0.29
+    assert "peak memory of the process tree" in result.stderr

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from seresnext import memory
 from seresnext.devices import Precision
@@ -121,6 +120,7 @@ def test_available_memory_on_a_cpu_is_shared_by_the_nodes_processes():
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
     (RuntimeError("NPU out of memory. Tried to allocate 1.00 GiB"), True),
     (MemoryError(), True),
+    (RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "), True),
     (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
     (ValueError("out of memory"), False),
 ])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from seresnext.devices import probe_cpu_bfloat16
+from seresnext.memory import gib
 from train_utils import ROOT, TINY, corrupt, load, make_image_folder, run_main, same_weights
 
 torch.set_num_threads(2)
@@ -378,6 +379,10 @@ def test_accumulation_counts_optimizer_steps_and_resumes_exactly_at_their_bounda
     assert load(tmp_path / "straight" / "checkpoint.pth.tar")["global_step"] == 4
     records = [json.loads(r) for r in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
     assert [(r["batch_size"], r["steps"]) for r in records] == [(8, 2), (8, 2)]
+    # the memory check's estimate before the run, the real peak after each epoch (this test process's own)
+    assert re.search(r"^=> memory: a training step at -b 4 \(4 images of 32 px per process, float32, NCHW\) needs "
+                     r"about [\d.]+ GiB; [\d.]+ GiB is available per process", out, re.M)
+    assert f"| peak memory {gib(records[1]['peak_memory_bytes'])}" in out
     assert records[1]["lr"] == pytest.approx(0.005)  # the cosine of upstream's per-epoch schedule, as without
     # 3 optimizer steps (6 micro-batches), then the rest: the same weights as the straight run
     assert run_main([*flags, "--output-dir", tmp_path / "resumed", "--stop-step-num", 3]) == 0
