@@ -2,7 +2,8 @@
 # The main job in one command: install, generate the sample ImageNet (unless --data_path= is given), train
 # with main.py through test/train_full_1p.sh, export to ONNX, run the offline chain in both input modes,
 # score it, and print a summary. Rerunning reuses the stages whose inputs did not change. See README.md.
-#   bash quickstart.sh [--data_path=DIR [--recipe=1p|8p]] [--work_dir=DIR] [--epochs=N] [--force] [--from=STAGE]
+#   bash quickstart.sh [--data_path=DIR [--recipe=1p|8p]] [--work_dir=DIR] [--epochs=N] [--batch_size=N]
+#                      [--accum_steps=K] [--force] [--from=STAGE]
 # Python: $PYTHON when set, else the active virtualenv or conda environment, when its torch works (checked
 # here; the rest of requirements.txt is installed into it, torch untouched); else ./.venv with the pinned torch.
 set -euo pipefail

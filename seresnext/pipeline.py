@@ -214,8 +214,9 @@ def stage_train(job: Job) -> None:
                f"--output_dir={job.path('train')}",
                f"--image_size={recipe['image_size']}", f"--val-resize-size={recipe['val_resize']}",
                f"--val-crop-size={recipe['image_size']}"]
-    for key, flag in (("epochs", "--epochs"), ("batch_size", "--batch_size"), ("lr", "--lr")):
-        if recipe[key] is not None:
+    for key, flag in (("epochs", "--epochs"), ("batch_size", "--batch_size"), ("lr", "--lr"),
+                      ("accum_steps", "--accum_steps")):
+        if recipe.get(key) is not None:
             command.append(f"{flag}={recipe[key]}")
     command += recipe["extra"]
     stopped_at = interrupted_training(job.path("train"), recipe["epochs"])
@@ -511,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "the sample set into <work>/sample")
     parser.add_argument("--work_dir", default=str(ROOT / "quickstart"), help="where everything goes")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="override the recipe's batch (for the node, per forward pass)")
+    parser.add_argument("--accum_steps", type=int, default=None,
+                        help="gradient accumulation: each optimizer step takes this many batches, so "
+                             "--batch_size=64 --accum_steps=4 keeps the 1p recipe's 256 images per step on a machine "
+                             "that cannot hold 256 (main.py's memory check names such a pair)")
     parser.add_argument("--recipe", choices=tuple(REAL_TRAIN), default=None,
                         help="with --data_path: 1p (default: test/train_full_1p.sh, 1 epoch, batch 256, lr 0.1) or "
                              "8p (test/train_full_8p.sh, upstream's 100 epochs, batch 1024, lr 0.4, up to 8 devices)")
@@ -521,6 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_recipe(args: argparse.Namespace, sample: bool) -> dict:
+    """The training recipe with the command line's overrides (only those given, so that an unchanged recipe
+    keeps its stamp)."""
+    recipe = dict(SAMPLE_TRAIN if sample else REAL_TRAIN[args.recipe or "1p"])
+    for key in ("epochs", "batch_size", "accum_steps"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
+    return recipe
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     work = Path(args.work_dir).resolve()
@@ -529,9 +546,10 @@ def main(argv: list[str] | None = None) -> int:
         say("error: --recipe chooses the recipe for real data (--data_path); the sample set has its own "
             "(--epochs changes its length)")
         return 2
-    recipe = dict(SAMPLE_TRAIN if sample else REAL_TRAIN[args.recipe or "1p"])
-    if args.epochs is not None:
-        recipe["epochs"] = args.epochs
+    recipe = build_recipe(args, sample)
+    if any(value is not None and value < 1 for value in (args.epochs, args.batch_size, args.accum_steps)):
+        say("error: --epochs, --batch_size and --accum_steps must be at least 1")
+        return 2
     job = Job(work=work, data=(work / "sample") if sample else Path(args.data_path).resolve(), sample=sample,
               recipe=recipe)
     if not sample and not job.data.is_dir():

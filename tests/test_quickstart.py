@@ -300,6 +300,22 @@ def test_a_wrong_val_label_file_is_named_and_not_used(tmp_path, capsys, mistake,
     assert job.labels.read_text() == truth
 
 
+def test_a_smaller_batch_with_accumulation_reaches_the_recipes_batch(tmp_path, monkeypatch):
+    """`quickstart.sh --data_path=... --batch_size=64 --accum_steps=4`: what main.py's memory check advises on a
+    machine that cannot hold the 1p recipe's 256 images reaches the wrapper."""
+    args = pipeline.build_parser().parse_args(["--data_path", str(tmp_path), "--batch_size=64", "--accum_steps=4"])
+    recipe = pipeline.build_recipe(args, sample=False)
+    assert (recipe["batch_size"], recipe["accum_steps"], recipe["lr"]) == (64, 4, 0.1)
+    assert "accum_steps" not in pipeline.build_recipe(pipeline.build_parser().parse_args([]), sample=True)
+    commands = []
+    monkeypatch.setattr(pipeline, "run", lambda stage, command, log, python: commands.append(command) or "")
+    job = pipeline.Job(work=tmp_path / "work", data=tmp_path, sample=False, recipe=recipe)
+    with pytest.raises(pipeline.StageError, match="wrote no model_best"):  # the stand-in trained nothing
+        pipeline.stage_train(job)
+    assert commands[0][:2] == ["bash", "test/train_full_1p.sh"]
+    assert {"--batch_size=64", "--accum_steps=4", "--lr=0.1"} <= set(commands[0])
+
+
 def _quickstart(env_changes, *args):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV", "CONDA_PREFIX", "VENV")}
     env.update(env_changes)
