@@ -1,5 +1,7 @@
 """The training loop itself on a tiny stand-in model: log lines, FPS, non-finite losses, stop requests,
-all-rank validation (fast: no SE-ResNeXt here)."""
+all-rank validation (fast: a tiny stand-in model; SE-ResNeXt itself only at 32 px, for BatchNorm under gradient
+accumulation)."""
+import copy
 import math
 import re
 import signal
@@ -12,6 +14,7 @@ from seresnext.devices import Precision
 from seresnext.distributed import DistContext
 from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, evaluate,
                               train_one_epoch)
+from seresnext.model import se_resnext50_32x4d
 
 
 def tiny_model() -> nn.Module:
@@ -205,3 +208,45 @@ def test_a_stop_request_mid_accumulation_finishes_the_optimizer_step(capsys):
     with GracefulStop() as stop:
         result, _ = accumulate(plain_model(), loader(stop), 4, stop=stop, num_steps=2)
     assert result.stopped_by_signal and result.steps == 1 and result.images == 12 and taken == [0, 1, 2, 3]
+
+
+def se_resnext_pair(freeze_batchnorm: bool) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """Three copies of one SE-ResNeXt (6 classes): the initial weights kept, and two to train."""
+    torch.manual_seed(0)
+    model = se_resnext50_32x4d(num_classes=6)
+    for module in model.modules():
+        if freeze_batchnorm and isinstance(module, nn.BatchNorm2d):
+            module.requires_grad_(False)  # --pretrained's backbone: set_train_mode keeps such layers in eval mode
+    return model, copy.deepcopy(model), copy.deepcopy(model)
+
+
+def max_difference(a: nn.Module, b: nn.Module) -> float:
+    """Over the weights and the BatchNorm running statistics."""
+    return max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values())
+               if x.is_floating_point())
+
+
+def test_batchnorm_normalises_each_micro_batch_on_its_own(capsys):
+    """SE-ResNeXt itself, one step of 2 micro-batches of 2 images at 32 px. BatchNorm in eval mode (frozen) couples
+    no images, and K micro-batches equal one batch of all of them. In training mode each micro-batch is normalised
+    with its own statistics, as each device of a DDP run normalises its own share: the step then equals K separate
+    forward and backward passes of loss / K, and the running statistics move once per micro-batch."""
+    gen = torch.Generator().manual_seed(1)
+    micro = [(torch.randn(2, 3, 32, 32, generator=gen), torch.randint(0, 6, (2,), generator=gen), [])
+             for _ in range(2)]
+    initial, frozen, frozen_whole = se_resnext_pair(True)
+    accumulate(frozen, micro, 2)
+    accumulate(frozen_whole, whole(micro, 2), 1)
+    assert max_difference(frozen, frozen_whole) < 1e-6
+    assert max_difference(frozen, initial) > 1e-3  # the steps moved the weights
+
+    reference, trained, trained_whole = se_resnext_pair(False)
+    accumulate(trained, micro, 2)
+    accumulate(trained_whole, whole(micro, 2), 1)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)
+    reference.train()
+    for images, target, _ in micro:
+        (nn.functional.cross_entropy(reference(images), target) / 2).backward()
+    optimizer.step()
+    assert max_difference(trained, reference) < 1e-6
+    assert max_difference(trained, trained_whole) > 1e-3  # a batch of 4 has other statistics than two of 2
