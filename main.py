@@ -302,7 +302,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                                   eval_size=crop_size, workers=workers)
 
         # resume
-        start_epoch, start_step, global_step, best_acc1 = args.start_epoch, 0, 0, 0.0
+        start_epoch, start_step, start_images, global_step, best_acc1 = args.start_epoch, 0, 0, 0, 0.0
         resume = args.resume
         if not resume and args.auto_resume:
             latest = find_latest_checkpoint(output_dir)
@@ -330,6 +330,9 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                     scaler.load_state_dict(checkpoint["scaler"])
             start_epoch = int(checkpoint["epoch"])
             start_step = int(checkpoint.get("epoch_step", 0))
+            if start_step and not args.evaluate:
+                start_step, start_images = resume_mid_epoch(checkpoint, train_sampler.num_samples,
+                                                            batch_size * accum, steps_per_epoch, printer)
             global_step = int(checkpoint.get("global_step", 0))
             best_acc1 = float(checkpoint.get("best_acc1", 0.0))
             printer.line(f"=> loaded checkpoint '{resume}' (epoch {checkpoint['epoch']})")
@@ -366,8 +369,8 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 memory.explain_out_of_memory(oom_advice + f"; the last checkpoint written in {output_dir} is intact "
                                              f"(continue from it with --auto-resume)", "during training"):
             for epoch in range(start_epoch, args.epochs):
-                skip = start_step if epoch == start_epoch else 0
-                train_sampler.set_position(epoch, skip * batch_size * accum)
+                skip, skip_images = (start_step, start_images) if epoch == start_epoch else (0, 0)
+                train_sampler.set_position(epoch, skip_images)
                 train_set.set_epoch(epoch)
                 if data.train_size_at(epoch, args.image_size, phases) != train_size or (phases and epoch == start_epoch):
                     train_size = data.train_size_at(epoch, args.image_size, phases)
@@ -402,10 +405,14 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 best_acc1 = max(best_acc1, val.top1) if val is not None else best_acc1
                 next_epoch, next_step = (epoch + 1, 0) if epoch_done and not val_pending else \
                     (epoch, skip + result.steps)
+                # samples of next_epoch this process has trained on, for a resume with other images per step
+                next_images = 0 if next_step == 0 else skip_images + result.steps * batch_size * accum
                 if ctx.is_main:
                     checkpoints.submit({
                         "epoch": next_epoch,
                         "epoch_step": next_step,
+                        "epoch_images": next_images,
+                        "images_per_step": batch_size * accum,
                         "global_step": global_step,
                         "state_dict": model.state_dict(),
                         "best_acc1": best_acc1,
@@ -475,6 +482,20 @@ def check_memory(args: argparse.Namespace, model: nn.Module, device: torch.devic
                                       accum_steps=args.accum_steps)
     printer.line(result.line)
     return result.oom_advice
+
+
+def resume_mid_epoch(checkpoint: dict, num_samples: int, images_per_step: int, steps_per_epoch: int,
+                     printer: Printer) -> tuple[int, int]:
+    """Where an epoch that a checkpoint interrupted goes on (:func:`seresnext.data.resume_position`), saying so
+    when this run takes another number of images per optimizer step than the checkpoint's."""
+    epoch_step, seen, saved = (checkpoint.get(key) for key in ("epoch_step", "epoch_images", "images_per_step"))
+    start_step, start_images = data.resume_position(num_samples, images_per_step, steps_per_epoch, int(epoch_step),
+                                                    seen, saved)
+    if saved is not None and saved != images_per_step:
+        printer.line(f"=> the checkpoint stopped epoch {checkpoint['epoch']} after {seen} images per process at "
+                     f"{saved} per optimizer step; at {images_per_step} per step now (-b x --accum-steps, per "
+                     f"process) the epoch goes on after those images with {steps_per_epoch - start_step} step(s)")
+    return start_step, start_images
 
 
 def set_train_size(train_set, size: int, args: argparse.Namespace) -> None:

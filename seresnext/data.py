@@ -33,7 +33,7 @@ from .model import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DataError", "MAX_BAD_FRACTION", "check_image_folder", "read_class_names", "train_transform",
            "val_transform", "val_sizes", "parse_progressive_sizes", "train_size_at", "RobustImageFolder", "SyntheticImages", "TrainSampler", "ShardSampler",
-           "collate_skipping", "make_loader", "steps_per_epoch", "accumulation_plan", "check_bad_fraction"]
+           "collate_skipping", "make_loader", "steps_per_epoch", "accumulation_plan", "resume_position", "check_bad_fraction"]
 
 MAX_BAD_FRACTION = 0.01
 """A split with more unreadable images than this fraction is refused."""
@@ -349,3 +349,22 @@ def accumulation_plan(num_samples: int, batch_size: int, accum_steps: int) -> tu
     micro_batches = steps_per_epoch(num_samples, batch_size)
     accum = max(1, min(accum_steps, micro_batches))
     return micro_batches // accum, accum
+
+
+def resume_position(num_samples: int, images_per_step: int, epoch_steps: int, epoch_step: int,
+                    epoch_images: int | None, saved_images_per_step: int | None) -> tuple[int, int]:
+    """``(first step, samples to leave out)`` of an epoch resumed from a checkpoint written after ``epoch_step``
+    optimizer steps of ``saved_images_per_step`` images and ``epoch_images`` samples of this process (None for
+    both: a checkpoint that predates the counts). With the checkpoint's images per optimizer step (``-b`` x
+    ``--accum-steps``, per process) the epoch goes on where it stopped. With others it goes on after the samples
+    already trained on, with as many whole steps of the new size as the rest holds, numbered so that the epoch
+    ends at its last step (``epoch_steps``, as the lr schedule expects); an epoch the checkpoint's run had
+    finished stays finished."""
+    if epoch_images is None or saved_images_per_step is None:
+        return epoch_step, epoch_step * images_per_step
+    seen = max(0, min(epoch_images, num_samples))
+    if saved_images_per_step == images_per_step:
+        return epoch_step, seen
+    if num_samples - seen < saved_images_per_step:  # that run had no whole step left: its epoch was done
+        return epoch_steps, seen
+    return max(0, epoch_steps - (num_samples - seen) // images_per_step), seen

@@ -403,3 +403,21 @@ def test_accumulation_larger_than_an_epoch_makes_one_step_of_every_batch(dataset
            "accumulates 4" in out
     assert "=> batch size 16 per optimizer step" in out and "Epoch: [0][0/1]" in out
     assert load(tmp_path / "checkpoint.pth.tar")["global_step"] == 1
+
+
+def test_resume_with_other_images_per_step_goes_on_after_the_images_already_trained_on(dataset, tmp_path, capsys):
+    """Stopped after 1 step of 8 images, resumed at -b 4 (what an out-of-memory error's advice may lead to): the
+    epoch's other 8 images make its last 2 steps of 4, numbered 2 and 3 of 4, instead of restarting at image 4."""
+    flags = ["--data_path", dataset, "--output-dir", tmp_path, "--epochs", 1, *TINY]
+    assert run_main([*flags, "--stop-step-num", 1]) == 0
+    ckpt = load(tmp_path / "checkpoint.pth.tar")
+    assert (ckpt["epoch_step"], ckpt["epoch_images"], ckpt["images_per_step"]) == (1, 8, 8)
+    capsys.readouterr()
+    assert run_main([*flags, "-b", 4, "--auto-resume"]) == 0
+    out = capsys.readouterr().out
+    assert ("=> the checkpoint stopped epoch 0 after 8 images per process at 8 per optimizer step; at 4 per step "
+            "now (-b x --accum-steps, per process) the epoch goes on after those images with 2 step(s)") in out
+    assert [line.split("\t")[0] for line in out.splitlines() if line.startswith("Epoch: [0]")] == \
+        ["Epoch: [0][2/4]", "Epoch: [0][3/4]"]
+    ckpt = load(tmp_path / "checkpoint.pth.tar")
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["global_step"]) == (1, 0, 3)

@@ -151,6 +151,17 @@ def test_train_sampler_resumes_mid_epoch_with_the_same_order(tmp_path):
     assert list(other_epoch) != list(full)
 
 
+def test_a_resumed_epoch_starts_after_the_images_its_checkpoint_trained_on():
+    # 64 samples per process; the checkpoint took 3 steps of 8 images (24)
+    assert data.resume_position(64, 8, 8, 3, 24, 8) == (3, 24)  # the same images per step: where it stopped
+    assert data.resume_position(64, 16, 4, 3, None, None) == (3, 48)  # a checkpoint without the counts
+    assert data.resume_position(64, 16, 4, 3, 24, 8) == (2, 24)  # 40 left: steps 2 and 3 of 16 (8 left out)
+    assert data.resume_position(64, 4, 16, 3, 24, 8) == (6, 24)  # 40 left: steps 6..15 of 4
+    assert data.resume_position(64, 16, 4, 2, 20, 16) == (2, 20)  # after an earlier change: on from image 20
+    assert data.resume_position(64, 4, 16, 8, 64, 8) == (16, 64)  # a finished epoch (validation pending) stays so
+    assert data.resume_position(60, 4, 15, 7, 56, 8) == (15, 56)  # its run had no whole step of 8 left either
+
+
 def test_fps_window_never_leaves_zero_steps():
     assert [steady_state_window(n) for n in (1, 2, 5, 6, 100)] == [0, 1, 1, 5, 5]
 
