@@ -12,6 +12,7 @@ Runs on cpu, cuda and (with torch_npu) npu; see docs/training.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import sys
@@ -22,8 +23,8 @@ import torch
 from torch import nn
 
 from seresnext import data
-from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, apply_state_dict,
-                                  earlier_run_files, find_latest_checkpoint, load_model_weights,
+from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, CheckpointInterval,
+                                  apply_state_dict, earlier_run_files, find_latest_checkpoint, load_model_weights,
                                   load_training_checkpoint, plain_data, prepare_output_dir, remove_stale_temporaries,
                                   restore_optimizer, CheckpointWriter)
 from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, make_device, normalize_device_type,
@@ -149,6 +150,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "--stop-step-num and the logs count optimizer steps (default: 1)")
     parser.add_argument("--skip-memory-check", action="store_true",
                         help="start even when the memory estimate says a step does not fit (see docs/training.md)")
+    parser.add_argument("--checkpoint-steps", default=0, type=int, metavar="N",
+                        help="also write the resumable checkpoint.pth.tar after every N-th training step of the "
+                             "run (global steps N, 2N, ...), in the background; 0: only at epoch ends (default)")
+    parser.add_argument("--checkpoint-minutes", default=0.0, type=float, metavar="M",
+                        help="also write it once M minutes have passed since the last checkpoint; 0: off "
+                             "(default; the test/*.sh wrappers pass 10)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in an --output-dir that holds an earlier run's checkpoint.pth.tar "
                              "or model_best.pth.tar (they are replaced); without it such a run is refused")
@@ -169,8 +176,10 @@ def main(args: argparse.Namespace) -> int:
                         ("--accum-steps", args.accum_steps)):
         if value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
-    if args.workers < 0:
-        raise ValueError(f"--workers {args.workers}: must be 0 or more")
+    for flag, value in (("--workers", args.workers), ("--checkpoint-steps", args.checkpoint_steps),
+                        ("--checkpoint-minutes", args.checkpoint_minutes)):
+        if value < 0:
+            raise ValueError(f"{flag} {value:g}: must be 0 or more")
     if not 0.0 < args.min_crop_scale <= 1.0:
         raise ValueError(f"--min-crop-scale {args.min_crop_scale}: must be in (0, 1]")
     if args.max_crop_aspect < 1.0:
@@ -355,7 +364,6 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         config = TrainConfig(print_freq=args.print_freq, channels_last=args.channels_last,
                              max_nonfinite_steps=args.max_nonfinite_steps,
                              profile_path=output_dir / "output.prof" if args.profile else None, accum_steps=accum)
-        hooks = FaultHooks.from_env()
         lr_at = lambda epoch, step: cosine_lr(args.lr, epoch, step, steps_per_epoch, args.epochs,  # noqa: E731
                                               args.warmup_epochs)
         steps_left = args.stop_step_num
@@ -363,11 +371,52 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         phases = data.parse_progressive_sizes(args.progressive_sizes, args.image_size)
         train_size = args.image_size
         best_on_disk = bool(resume) and (output_dir / BEST_NAME).exists()  # a new run replaces an old model_best
+        if start_step:
+            printer.line(f"=> resuming epoch {start_epoch} at step {start_step} of {steps_per_epoch} "
+                         f"(global step {global_step})")
         # checkpoints are written in the background; an out-of-memory error becomes one line (after the write in
         # flight has finished: the last checkpoint stays whole)
         with GracefulStop() as stop, CheckpointWriter() as checkpoints, \
                 memory.explain_out_of_memory(oom_advice + f"; the last checkpoint written in {output_dir} is intact "
                                              f"(continue from it with --auto-resume)", "during training"):
+            hooks = FaultHooks.from_env(settle=checkpoints.wait)
+            interval = CheckpointInterval(args.checkpoint_steps, args.checkpoint_minutes * 60.0)
+
+            def save(next_epoch: int, next_step: int, next_images: int, steps_done: int, is_best: bool) -> None:
+                """Hand the resumable state to the background writer (rank 0's: DDP keeps the weights equal on
+                every rank; mid-epoch, the BatchNorm statistics are rank 0's until the epoch end averages them).
+                ``next_images``: the samples of ``next_epoch`` each process has trained on, for a resume with
+                other images per optimizer step."""
+                checkpoints.submit({
+                    "epoch": next_epoch,
+                    "epoch_step": next_step,
+                    "epoch_images": next_images,
+                    "images_per_step": batch_size * accum,
+                    "global_step": steps_done,
+                    "state_dict": model.state_dict(),
+                    "best_acc1": best_acc1,
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "args": plain_data(vars(args)),
+                    "arch": "se_resnext50_32x4d",
+                    "num_classes": num_classes,
+                    "classes": list(classes),
+                    "class_names": list(class_names),
+                }, output_dir, is_best)
+                interval.restart()
+
+            def between_steps(epoch: int, skip: int, skip_images: int, epoch_steps: int, steps_done: int) -> None:
+                """After each optimizer step (rank 0): stop at once if a background write failed; write a
+                mid-epoch checkpoint when --checkpoint-steps / --checkpoint-minutes say one is due (the epoch
+                started at step ``skip``, after ``skip_images`` samples per process)."""
+                checkpoints.check()
+                if interval.due(steps_done):
+                    save(epoch, epoch_steps, skip_images + (epoch_steps - skip) * batch_size * accum, steps_done,
+                         is_best=False)
+                    printer.line(f"=> mid-epoch checkpoint (epoch {epoch}, step {epoch_steps} of {steps_per_epoch}, "
+                                 f"global step {steps_done}): writing '{output_dir / CHECKPOINT_NAME}' in the "
+                                 f"background")
+
             for epoch in range(start_epoch, args.epochs):
                 skip, skip_images = (start_step, start_images) if epoch == start_epoch else (0, 0)
                 train_sampler.set_position(epoch, skip_images)
@@ -382,7 +431,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                     scaler=scaler, lr_at=lr_at, ctx=ctx, config=config, printer=printer,
                     split_size=len(train_set), start_step=skip, num_steps=steps_per_epoch - skip,
                     global_step=global_step, max_steps=steps_left, stop=stop, hooks=hooks,
-                    check=checkpoints.check if ctx.is_main else None)
+                    after_step=functools.partial(between_steps, epoch, skip, skip_images) if ctx.is_main else None)
                 global_step += result.steps
                 steps_left = None if steps_left is None else steps_left - result.steps
                 epoch_done = skip + result.steps >= steps_per_epoch
@@ -408,22 +457,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 # samples of next_epoch this process has trained on, for a resume with other images per step
                 next_images = 0 if next_step == 0 else skip_images + result.steps * batch_size * accum
                 if ctx.is_main:
-                    checkpoints.submit({
-                        "epoch": next_epoch,
-                        "epoch_step": next_step,
-                        "epoch_images": next_images,
-                        "images_per_step": batch_size * accum,
-                        "global_step": global_step,
-                        "state_dict": model.state_dict(),
-                        "best_acc1": best_acc1,
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "args": plain_data(vars(args)),
-                        "arch": "se_resnext50_32x4d",
-                        "num_classes": num_classes,
-                        "classes": list(classes),
-                        "class_names": list(class_names),
-                    }, output_dir, is_best)
+                    save(next_epoch, next_step, next_images, global_step, is_best)
                     append_record(log_path, {
                         "epoch": epoch, "lr": lr_at(epoch, skip), "image_size": train_size,
                         "batch_size": batch_size * accum * ctx.world_size, "train_loss": result.loss,

@@ -18,8 +18,10 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ __all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_modul
            "load_model_weights", "apply_state_dict", "save_checkpoint", "CHECKPOINT_NAME", "BEST_NAME",
            "TRAINING_KEYS", "plain_data", "save_training_checkpoint", "CheckpointWriter",
            "load_training_checkpoint", "find_latest_checkpoint", "prepare_output_dir", "earlier_run_files",
-           "remove_stale_temporaries", "optimizer_kind", "restore_optimizer"]
+           "remove_stale_temporaries", "optimizer_kind", "restore_optimizer", "CheckpointInterval"]
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
@@ -225,6 +227,32 @@ class CheckpointWriter:
             if exc_type is None:
                 raise
             # otherwise the error already on its way out (a non-finite loss, a crash) is the one to report
+
+
+@dataclass
+class CheckpointInterval:
+    """When a run writes a checkpoint between epoch ends: after every ``steps``-th training step of the run
+    (global steps N, 2N, ...) and/or once ``seconds`` have passed since the last checkpoint of any kind (an
+    epoch end's included); 0 turns either off. The time is this process's monotonic clock."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    _last: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.seconds < 0:
+            raise ValueError(f"checkpoint interval: {self.steps} steps, {self.seconds} s: must not be negative")
+        self._last = self.clock()
+
+    def due(self, global_step: int) -> bool:
+        """Whether a checkpoint is due after ``global_step`` steps of the run."""
+        by_steps = self.steps > 0 and global_step % self.steps == 0
+        return by_steps or (self.seconds > 0 and self.clock() - self._last >= self.seconds)
+
+    def restart(self) -> None:
+        """A checkpoint was just written (or submitted): the time interval counts from now."""
+        self._last = self.clock()
 
 
 def load_training_checkpoint(path: str | PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
