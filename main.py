@@ -30,9 +30,9 @@ from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, C
 from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, make_device, normalize_device_type,
                                resolve_precision)
 from seresnext import memory
-from seresnext.distributed import (DistContext, LaunchPlan, agree_on_precision, any_rank, average_buffers,
-                                   choose_backend, init_distributed, is_peer_failure, plan_launch, shutdown,
-                                   spawn_workers, wrap_ddp)
+from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DistContext, LaunchPlan, PeerLostError, agree_on_precision,
+                                   any_rank, average_buffers, choose_backend, init_distributed, is_peer_failure,
+                                   plan_launch, shutdown, spawn_workers, wrap_ddp)
 from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, cosine_lr,
                               check_finite_weights, evaluate, train_one_epoch)
 from seresnext.model import se_resnext50_32x4d
@@ -86,6 +86,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="hccl, nccl or gloo (default: by device: hccl on npu, nccl on cuda, gloo on cpu)")
     parser.add_argument("--addr", default="", type=str, help="master address (default: 127.0.0.1)")
     parser.add_argument("--port", default="", type=str, help="master port (default: 29500)")
+    parser.add_argument("--dist-timeout", default=DEFAULT_DIST_TIMEOUT, type=float, metavar="SECONDS",
+                        help="how long a rank waits for a lost peer (collectives, the rendezvous store, the "
+                             "heartbeats) before it stops with one line naming it (default: 300)")
     # mixed precision (apex flags, mapped to torch.amp)
     parser.add_argument("--amp", default=False, action="store_true",
                         help="mixed precision: float16 + loss scaling on cuda/npu; on cpu bfloat16 where the CPU "
@@ -176,6 +179,8 @@ def main(args: argparse.Namespace) -> int:
                         ("--accum-steps", args.accum_steps)):
         if value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
+    if args.dist_timeout <= 0:
+        raise ValueError(f"--dist-timeout {args.dist_timeout:g}: must be more than 0 seconds")
     for flag, value in (("--workers", args.workers), ("--checkpoint-steps", args.checkpoint_steps),
                         ("--checkpoint-minutes", args.checkpoint_minutes)):
         if value < 0:
@@ -220,7 +225,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 precision: Precision) -> int:
     """One training (or evaluation) process: device, data, model, loss, optimizer, AMP, resume, DDP, loop."""
     ctx = init_distributed(plan, process_index, backend or "gloo", dist_url=args.dist_url, addr=args.addr,
-                           port=args.port)
+                           port=args.port, timeout=args.dist_timeout, on_lost=report_lost_peer)
     try:
         printer = Printer(ctx, progress_bar=sys.stdout.isatty())
         device = make_device(args.device, ctx.device_index)
@@ -495,6 +500,14 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
             if plot:
                 printer.line(f"=> training curves written to '{plot}'")
         return status
+    except BaseException as exc:
+        lost_peer = ctx.watch is not None and is_peer_failure(exc)
+        if lost_peer:  # name the peer while this rank's heartbeat still runs
+            ctx.watch.report(ctx.watch.explain(exc))
+        shutdown(ctx, "peer" if lost_peer else "error")
+        if lost_peer:
+            raise PeerLostError(str(exc)) from None
+        raise
     finally:
         shutdown(ctx)
 
@@ -532,6 +545,12 @@ def resume_mid_epoch(checkpoint: dict, num_samples: int, images_per_step: int, s
     return start_step, start_images
 
 
+def report_lost_peer(finding: str) -> None:
+    """The one line a rank ends with when it lost a peer (printed once per process, by PeerWatch.report)."""
+    print(f"{PROG}: error: {finding}; stopping this rank too (the last checkpoint written is intact: continue "
+          f"with --auto-resume once every node is back)", file=sys.stderr, flush=True)
+
+
 def set_train_size(train_set, size: int, args: argparse.Namespace) -> None:
     """Train crops of ``size`` px from now on (--progressive-sizes); loader workers start anew each epoch, so
     the next epoch's workers see the change."""
@@ -546,6 +565,8 @@ def run_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, b
     """:func:`main_worker` with errors turned into one line on stderr and an exit status."""
     try:
         return main_worker(process_index, args, plan, backend, precision)
+    except PeerLostError:  # its line is printed
+        return 1
     except KNOWN_ERRORS as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:

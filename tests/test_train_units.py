@@ -289,11 +289,12 @@ def test_mid_epoch_checkpoints_fall_due_every_n_global_steps_or_m_minutes_after_
         CheckpointInterval(steps=-1)
 
 
-@pytest.mark.parametrize("flag", ["--checkpoint-steps=-1", "--checkpoint-minutes=-5"])
-def test_negative_checkpoint_intervals_are_refused_with_one_line(tmp_path, capsys, flag):
+@pytest.mark.parametrize("flag, message", [("--checkpoint-steps=-1", "--checkpoint-steps -1: must be 0 or more"),
+                                           ("--checkpoint-minutes=-5", "--checkpoint-minutes -5: must be 0 or more"),
+                                           ("--dist-timeout=0", "--dist-timeout 0: must be more than 0 seconds")])
+def test_bad_checkpoint_intervals_and_dist_timeouts_are_refused_with_one_line(tmp_path, capsys, flag, message):
     assert run_main(["--synthetic", "--device", "cpu", "--output-dir", tmp_path, flag]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"main.py: error: {flag.split('=')[0]} -{flag.split('-')[-1]}: must be 0 or more"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"main.py: error: {message}"]
 
 
 def test_background_checkpoint_holds_the_state_at_submit_and_reports_a_failed_write(tmp_path):
