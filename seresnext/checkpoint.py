@@ -16,7 +16,6 @@ import copy
 import io
 import os
 import pickle
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .formats import WriteError, atomic_write
+from .formats import WriteError, atomic_write, remove_temporaries
 
 __all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_module_prefix",
            "load_model_weights", "apply_state_dict", "save_checkpoint", "CHECKPOINT_NAME", "BEST_NAME",
@@ -40,8 +39,6 @@ __all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_modul
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
 TRAINING_KEYS = ("epoch", "state_dict", "best_acc1", "optimizer")
-# what atomic_write's temporaries of the two checkpoint files are called (a killed write leaves one behind)
-_STALE_TEMPORARY = re.compile(r"^\.(checkpoint|model_best)\.pth\.tar\.[A-Za-z0-9_]+\.tmp$")
 # the optimizer settings a resumed run takes from its own flags rather than from the checkpoint
 _OPTIMIZER_FLAGS = {"weight_decay": "--wd", "momentum": "--momentum"}
 
@@ -304,11 +301,7 @@ def earlier_run_files(output_dir: str | PathLike) -> list[str]:
 def remove_stale_temporaries(output_dir: str | PathLike) -> list[Path]:
     """Delete what killed checkpoint writes left in ``output_dir`` (``.checkpoint.pth.tar.<random>.tmp``,
     each as large as a checkpoint) and return the paths; no other file is touched."""
-    folder = Path(output_dir)
-    stale = [Path(e.path) for e in os.scandir(folder) if e.is_file() and _STALE_TEMPORARY.match(e.name)]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    return remove_temporaries(output_dir, lambda name: name in (CHECKPOINT_NAME, BEST_NAME))
 
 
 def optimizer_kind(param_groups: Iterable[Mapping[str, Any]]) -> str:

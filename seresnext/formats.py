@@ -27,7 +27,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "FormatError", "WriteError", "atomic_write",
+    "FormatError", "WriteError", "atomic_write", "remove_temporaries",
     "IMAGE_EXTENSIONS", "image_stem", "bin_file_name", "write_bin", "read_bin", "bin_from_bytes", "npy_from_bytes",
     "bin_nbytes", "BIN_SETTINGS_NAME", "write_bin_settings", "read_bin_settings",
     "InfoEntry", "write_info", "read_info",
@@ -102,6 +102,21 @@ def atomic_write(path: str | PathLike, data: bytes | bytearray | memoryview | st
         except FileNotFoundError:
             pass
         raise
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # what atomic_write's mkstemp names
+
+
+def remove_temporaries(folder: str | PathLike, of: Callable[[str], bool]) -> list[Path]:
+    """Delete the temporaries that killed :func:`atomic_write` calls left in ``folder`` (``.<name>.<random>.tmp``)
+    for the final names ``of`` accepts, and return their paths; no other file is touched."""
+    stale = []
+    for entry in os.scandir(folder):
+        match = _TEMPORARY.match(entry.name)
+        if match and entry.is_file() and of(match.group("name")):
+            stale.append(Path(entry.path))
+            Path(entry.path).unlink(missing_ok=True)
+    return stale
 
 
 # ----------------------------------------------------------------------------------------------- image names
