@@ -242,18 +242,20 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.parametrize("provider", BACKENDS)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
 def test_an_interrupted_run_resumes_with_only_the_missing_images_and_the_dumps_of_a_straight_run(
-        work, tmp_path, signum):
+        work, tmp_path, signum, provider):
     """Interrupted partway (Ctrl-C, or a kill that may leave a temporary), then -resume=true: only the images
     without a complete dump run (a dump cut short by a power loss counts as missing), the others are not
-    touched, and the dump folder equals an uninterrupted run's byte for byte."""
+    touched, and the dump folder equals an uninterrupted run's byte for byte. On each backend (OpenVINO keeps
+    several batches in flight: Ctrl-C lets them finish and writes them)."""
     count = 80
     _bins(tmp_path / "bins", count)
     write_info(tmp_path / "bin.info", [(str(p), SIZE, SIZE) for p in sorted((tmp_path / "bins").iterdir())])
-    flags = ["-model_type=vision", f"-om_path={work / 'tiny_4.onnx'}", "-device_id=0", "-batch_size=4",
-             f"-input_text_path={tmp_path / 'bin.info'}", f"-input_width={SIZE}", f"-input_height={SIZE}",
-             "-threads=1", "-loaders=1", "-prefetch=1", "-warmup=1"]
+    flags = [f"-provider={provider}", "-model_type=vision", f"-om_path={work / 'tiny_4.onnx'}", "-device_id=0",
+             "-batch_size=4", f"-input_text_path={tmp_path / 'bin.info'}", f"-input_width={SIZE}",
+             f"-input_height={SIZE}", "-threads=1", "-loaders=1", "-prefetch=1", "-warmup=1"]
     status, _, err = run_tool(benchmark, [*flags, f"-result_dir={tmp_path / 'straight'}"])
     assert status == 0, err
     straight = folder_bytes(tmp_path / "straight" / "dumpOutput_device0")
@@ -292,10 +294,11 @@ def test_an_interrupted_run_resumes_with_only_the_missing_images_and_the_dumps_o
     assert folder_bytes(dumps) == straight
 
 
-def test_ais_bench_resume_continues_the_run_in_its_output_dirname(work, tmp_path):
+@pytest.mark.parametrize("provider", BACKENDS)
+def test_ais_bench_resume_continues_the_run_in_its_output_dirname(work, tmp_path, provider):
     _bins(tmp_path / "prep_bin", 10)
-    flags = ["--model", str(work / "tiny_4.onnx"), "--input", str(tmp_path / "prep_bin"), "--output",
-             str(tmp_path / "out"), "--outfmt", "NPY"]
+    flags = ["--provider", provider, "--model", str(work / "tiny_4.onnx"), "--input", str(tmp_path / "prep_bin"),
+             "--output", str(tmp_path / "out"), "--outfmt", "NPY"]
     status, _, err = _ais(*flags, "--output_dirname", "straight")
     assert status == 0, err
     straight = folder_bytes(tmp_path / "out" / "straight")
@@ -307,7 +310,8 @@ def test_ais_bench_resume_continues_the_run_in_its_output_dirname(work, tmp_path
     (run / f".{sorted(straight)[6]}.abcd1234.tmp").write_bytes(b"\x93NUMPY")
     status, out, err = _ais(*flags, "--output_dirname", "run", "--resume", "true")
     assert status == 0, err
-    assert "[INFO] 5 images, ONNX Runtime" in out and "[INFO] resumed: 5 images skipped" in out
+    backend = "OpenVINO" if provider == "openvino" else "ONNX Runtime"
+    assert f"[INFO] 5 images, {backend}" in out and "[INFO] resumed: 5 images skipped" in out
     assert folder_bytes(run) == straight
     summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
     assert len(summary["filesinfo"]) == 5  # what this run wrote
