@@ -12,9 +12,7 @@
 # Writes test/output/<device id>/train_<device id>.log (main.py's output), <CaseName>.log (key = value
 # summary) and train_<CaseName>_loss.txt; checkpoints go to --output_dir (default: the repository root, as
 # upstream). A training case starts a new run there, as upstream, replacing an earlier run's checkpoints
-# (main.py --overwrite) unless --resume=FILE or --auto-resume is passed, and writes a resumable checkpoint at
-# least every 10 minutes (main.py --checkpoint-minutes 10) unless --checkpoint-minutes= or --checkpoint-steps=
-# is passed.
+# (main.py --overwrite) unless --resume=FILE or --auto-resume is passed.
 
 data_path=""
 device_id=${device_id:-0}
@@ -154,15 +152,8 @@ cmd+=(--amp --opt-level "O2" --eval-freq 1 --loss-scale-value 16 --output-dir "$
 if [ -n "${image_size}" ]; then cmd+=(--image-size "${image_size}"); fi
 if [ "${evaluate}" == "true" ]; then
     cmd+=(--resume="${output_dir}/model_best.pth.tar" --evaluate)
-else
-    if [[ ! " ${extra_args[*]} " =~ \ --(resume|auto-resume) ]]; then
-        cmd+=(--overwrite)  # a new run, as upstream's wrappers started
-    fi
-    # A resumable checkpoint at least every 10 minutes, mid-epoch too (an ImageNet epoch takes tens of minutes
-    # even on a fast device); --checkpoint-minutes=M or --checkpoint-steps=N sets another interval (0: off).
-    if [[ ! " ${extra_args[*]} " =~ \ --checkpoint-(minutes|steps) ]]; then
-        cmd+=(--checkpoint-minutes 10)
-    fi
+elif [[ ! " ${extra_args[*]} " =~ \ --(resume|auto-resume) ]]; then
+    cmd+=(--overwrite)  # a new run, as upstream's wrappers started
 fi
 cmd+=("${extra_args[@]}")
 
