@@ -255,7 +255,7 @@ def test_an_interrupted_run_resumes_with_only_the_missing_images_and_the_dumps_o
     write_info(tmp_path / "bin.info", [(str(p), SIZE, SIZE) for p in sorted((tmp_path / "bins").iterdir())])
     flags = [f"-provider={provider}", "-model_type=vision", f"-om_path={work / 'tiny_4.onnx'}", "-device_id=0",
              "-batch_size=4", f"-input_text_path={tmp_path / 'bin.info'}", f"-input_width={SIZE}",
-             f"-input_height={SIZE}", "-threads=1", "-loaders=1", "-prefetch=1", "-warmup=1"]
+             f"-input_height={SIZE}", "-loaders=1", "-prefetch=1", "-warmup=1"]  # OpenVINO: a batch in flight per stream
     status, _, err = run_tool(benchmark, [*flags, f"-result_dir={tmp_path / 'straight'}"])
     assert status == 0, err
     straight = folder_bytes(tmp_path / "straight" / "dumpOutput_device0")
