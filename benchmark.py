@@ -23,6 +23,7 @@ runtime (the installed ais_bench package) when it is installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
@@ -34,8 +35,8 @@ from tqdm import tqdm
 
 from seresnext.cli import run_main
 from seresnext.formats import ais_summary_dict, ais_summary_lines, write_ais_summary
-from seresnext.runner import (RunnerError, RunnerOptions, entries_from_inputs, open_backend, pure_summary_lines,
-                              run_dataset, run_pure_inference, summary_lines)
+from seresnext.runner import (RunInterrupted, RunnerError, RunnerOptions, entries_from_inputs, open_backend,
+                              pure_summary_lines, resume_line, run_dataset, run_pure_inference, summary_lines)
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 # The flags of each interface (argparse dests); ours (provider, threads, loaders, prefetch, progress) serve both.
@@ -45,7 +46,8 @@ AIS_BENCH_FLAGS = ("model", "input", "output", "output_dirname", "outfmt", "batc
                    "warmup_count")
 OUTFMT = {"TXT": "txt", "BIN": "bin", "NPY": "npy"}
 # The runner's messages name benchmark.x86_64's flags; in ais_bench mode they name ais_bench's.
-AIS_WORDS = {"-om_path=": "--model=", "-batch_size=": "--batchsize=", "-device_id=": "--device="}
+AIS_WORDS = {"-om_path=": "--model=", "-batch_size=": "--batchsize=", "-device_id=": "--device=",
+             "-resume=": "--resume="}
 
 
 def _bool(text: str) -> bool:
@@ -108,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     our_option("loaders", type=int, default=2, help="threads reading and preprocessing input (default 2)")
     our_option("prefetch", type=int, default=2, help="batches prepared ahead of the model (default 2)")
     our_option("progress", type=_bool, default=True, help="show a progress bar on a terminal")
+    our_option("resume", type=_bool, default=False,
+               help="continue an interrupted run: skip the images whose dump is already complete, process the rest "
+                    "(ais_bench style: with --output and --output_dirname, the folder of the run to continue)")
     return parser
 
 
@@ -152,13 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         input_text_path=args.input_text_path, input_width=args.input_width, input_height=args.input_height,
         output_binary=args.output_binary, use_dvpp=args.useDvpp, model_type=args.model_type, rounds=args.round,
         provider=args.provider, threads=args.threads, warmup=args.warmup, loaders=args.loaders,
-        prefetch=args.prefetch, result_dir=args.result_dir)
+        prefetch=args.prefetch, result_dir=args.result_dir, resume=args.resume)
     backend = open_backend(options)
     if options.rounds and not options.input_text_path:
         rate, latencies, path, _ = run_pure_inference(options, backend)
         print(pure_summary_lines(rate, latencies, path, options.batch_size, backend.description), end="")
         return 0
-    with tqdm(unit="img", disable=not args.progress or None, file=sys.stderr) as bar:
+    with tqdm(unit="img", disable=not args.progress or None, file=sys.stderr) as bar, interruption("-resume=true"):
         result = run_dataset(options, backend, progress=bar.update)
     print(summary_lines(result, options.batch_size), end="")
     print(f"[INFO] dumps in {result.dump_dir}, perf in {result.perf_file}")
@@ -175,6 +180,9 @@ def run_ais_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ValueError("--output_dirname names a folder under --output; give --output too")
     if args.output_dirname and (os.sep in args.output_dirname or args.output_dirname in (".", "..")):
         raise ValueError(f"--output_dirname={args.output_dirname}: a folder name, not a path")
+    if args.resume and not (args.output and args.output_dirname and args.input):
+        raise ValueError("--resume continues the run in OUTPUT/<output_dirname>/: give --input, --output and "
+                         "--output_dirname (without --output_dirname every run writes a new dated folder)")
     prefix = None
     if args.output:
         prefix = os.path.join(args.output, args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S"))
@@ -182,7 +190,7 @@ def run_ais_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         om_path=args.model, device_id=args.device, provider=args.provider, threads=args.threads,
         warmup=args.warmup_count, loaders=args.loaders, prefetch=args.prefetch, loop=args.loop,
         dump_dir=prefix, dump_suffix="_0", dump_format=OUTFMT[args.outfmt], save_outputs=prefix is not None,
-        write_perf=False, input_label="--input")
+        write_perf=False, input_label="--input", resume=args.resume)
     backend = open_backend(options)
     shape = backend.input_shape  # ais_bench takes the sizes from the model
     batch = args.batchsize or (shape[0] if shape and shape[0] else 1)
@@ -196,11 +204,23 @@ def run_ais_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         _, latencies, _, _ = run_pure_inference(options, backend, log=lambda line: None)
         return _write_ais_summary(latencies, options.batch_size, [], prefix, argv)
     entries = entries_from_inputs(args.input)
-    with tqdm(unit="img", disable=not args.progress or None, file=sys.stderr) as bar:
+    with tqdm(unit="img", disable=not args.progress or None, file=sys.stderr) as bar, interruption("--resume=true"):
         result = run_dataset(options, backend, progress=bar.update, entries=entries)
     _write_ais_summary(result.batch_latencies_ms, options.batch_size, result.written, prefix, argv)
-    print(f"[INFO] {result.images} images, {result.backend}")
+    print(f"[INFO] {result.images} images, {result.backend}\n{resume_line(result)}", end="")
     return _report_failures(result, "--input")
+
+
+@contextlib.contextmanager
+def interruption(resume_flag: str):
+    """Ctrl-C during a dataset run: one line saying what was written and how to continue, exit status 130."""
+    try:
+        yield
+    except RunInterrupted as stop:
+        where = f" in {stop.dump_dir}, each complete" if stop.dump_dir else ""
+        print(f"benchmark.py: interrupted after {stop.written} dump(s){where}; rerun the same command with "
+              f"{resume_flag} to process only the rest", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 def _write_ais_summary(latencies_ms: Sequence[float], batch: int, written: Sequence[tuple[str, str]],

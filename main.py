@@ -12,6 +12,7 @@ Runs on cpu, cuda and (with torch_npu) npu; see docs/training.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import sys
@@ -22,16 +23,16 @@ import torch
 from torch import nn
 
 from seresnext import data
-from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, apply_state_dict,
-                                  earlier_run_files, find_latest_checkpoint, load_model_weights,
+from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, CheckpointInterval,
+                                  apply_state_dict, earlier_run_files, find_latest_checkpoint, load_model_weights,
                                   load_training_checkpoint, plain_data, prepare_output_dir, remove_stale_temporaries,
                                   restore_optimizer, CheckpointWriter)
 from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, make_device, normalize_device_type,
                                resolve_precision)
 from seresnext import memory
-from seresnext.distributed import (DistContext, LaunchPlan, agree_on_precision, any_rank, average_buffers,
-                                   choose_backend, init_distributed, is_peer_failure, plan_launch, shutdown,
-                                   spawn_workers, wrap_ddp)
+from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DistContext, LaunchPlan, PeerLostError, agree_on_precision,
+                                   any_rank, average_buffers, choose_backend, init_distributed, is_peer_failure,
+                                   plan_launch, shutdown, spawn_workers, wrap_ddp)
 from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, cosine_lr,
                               check_finite_weights, evaluate, train_one_epoch)
 from seresnext.model import se_resnext50_32x4d
@@ -85,6 +86,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="hccl, nccl or gloo (default: by device: hccl on npu, nccl on cuda, gloo on cpu)")
     parser.add_argument("--addr", default="", type=str, help="master address (default: 127.0.0.1)")
     parser.add_argument("--port", default="", type=str, help="master port (default: 29500)")
+    parser.add_argument("--dist-timeout", default=DEFAULT_DIST_TIMEOUT, type=float, metavar="SECONDS",
+                        help="how long a rank waits for a lost peer (collectives, the rendezvous store, the "
+                             "heartbeats) before it stops with one line naming it (default: 300)")
     # mixed precision (apex flags, mapped to torch.amp)
     parser.add_argument("--amp", default=False, action="store_true",
                         help="mixed precision: float16 + loss scaling on cuda/npu; on cpu bfloat16 where the CPU "
@@ -149,6 +153,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "--stop-step-num and the logs count optimizer steps (default: 1)")
     parser.add_argument("--skip-memory-check", action="store_true",
                         help="start even when the memory estimate says a step does not fit (see docs/training.md)")
+    parser.add_argument("--checkpoint-steps", default=0, type=int, metavar="N",
+                        help="also write the resumable checkpoint.pth.tar after every N-th training step of the "
+                             "run (global steps N, 2N, ...), in the background; 0: only at epoch ends (default)")
+    parser.add_argument("--checkpoint-minutes", default=10.0, type=float, metavar="M",
+                        help="also write it once M minutes have passed since the last checkpoint, mid-epoch too "
+                             "(default: 10: on a real dataset a kill loses at most about 10 minutes; an epoch "
+                             "shorter than that only ever gets its epoch-end checkpoint); 0: off")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in an --output-dir that holds an earlier run's checkpoint.pth.tar "
                              "or model_best.pth.tar (they are replaced); without it such a run is refused")
@@ -169,8 +180,12 @@ def main(args: argparse.Namespace) -> int:
                         ("--accum-steps", args.accum_steps)):
         if value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
-    if args.workers < 0:
-        raise ValueError(f"--workers {args.workers}: must be 0 or more")
+    if args.dist_timeout <= 0:
+        raise ValueError(f"--dist-timeout {args.dist_timeout:g}: must be more than 0 seconds")
+    for flag, value in (("--workers", args.workers), ("--checkpoint-steps", args.checkpoint_steps),
+                        ("--checkpoint-minutes", args.checkpoint_minutes)):
+        if value < 0:
+            raise ValueError(f"{flag} {value:g}: must be 0 or more")
     if not 0.0 < args.min_crop_scale <= 1.0:
         raise ValueError(f"--min-crop-scale {args.min_crop_scale}: must be in (0, 1]")
     if args.max_crop_aspect < 1.0:
@@ -211,7 +226,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 precision: Precision) -> int:
     """One training (or evaluation) process: device, data, model, loss, optimizer, AMP, resume, DDP, loop."""
     ctx = init_distributed(plan, process_index, backend or "gloo", dist_url=args.dist_url, addr=args.addr,
-                           port=args.port)
+                           port=args.port, timeout=args.dist_timeout, on_lost=report_lost_peer)
     try:
         printer = Printer(ctx, progress_bar=sys.stdout.isatty())
         device = make_device(args.device, ctx.device_index)
@@ -355,7 +370,6 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         config = TrainConfig(print_freq=args.print_freq, channels_last=args.channels_last,
                              max_nonfinite_steps=args.max_nonfinite_steps,
                              profile_path=output_dir / "output.prof" if args.profile else None, accum_steps=accum)
-        hooks = FaultHooks.from_env()
         lr_at = lambda epoch, step: cosine_lr(args.lr, epoch, step, steps_per_epoch, args.epochs,  # noqa: E731
                                               args.warmup_epochs)
         steps_left = args.stop_step_num
@@ -363,11 +377,52 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
         phases = data.parse_progressive_sizes(args.progressive_sizes, args.image_size)
         train_size = args.image_size
         best_on_disk = bool(resume) and (output_dir / BEST_NAME).exists()  # a new run replaces an old model_best
+        if start_step:
+            printer.line(f"=> resuming epoch {start_epoch} at step {start_step} of {steps_per_epoch} "
+                         f"(global step {global_step})")
         # checkpoints are written in the background; an out-of-memory error becomes one line (after the write in
         # flight has finished: the last checkpoint stays whole)
         with GracefulStop() as stop, CheckpointWriter() as checkpoints, \
                 memory.explain_out_of_memory(oom_advice + f"; the last checkpoint written in {output_dir} is intact "
                                              f"(continue from it with --auto-resume)", "during training"):
+            hooks = FaultHooks.from_env(settle=checkpoints.wait)
+            interval = CheckpointInterval(args.checkpoint_steps, args.checkpoint_minutes * 60.0)
+
+            def save(next_epoch: int, next_step: int, next_images: int, steps_done: int, is_best: bool) -> None:
+                """Hand the resumable state to the background writer (rank 0's: DDP keeps the weights equal on
+                every rank; mid-epoch, the BatchNorm statistics are rank 0's until the epoch end averages them).
+                ``next_images``: the samples of ``next_epoch`` each process has trained on, for a resume with
+                other images per optimizer step."""
+                checkpoints.submit({
+                    "epoch": next_epoch,
+                    "epoch_step": next_step,
+                    "epoch_images": next_images,
+                    "images_per_step": batch_size * accum,
+                    "global_step": steps_done,
+                    "state_dict": model.state_dict(),
+                    "best_acc1": best_acc1,
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "args": plain_data(vars(args)),
+                    "arch": "se_resnext50_32x4d",
+                    "num_classes": num_classes,
+                    "classes": list(classes),
+                    "class_names": list(class_names),
+                }, output_dir, is_best)
+                interval.restart()
+
+            def between_steps(epoch: int, skip: int, skip_images: int, epoch_steps: int, steps_done: int) -> None:
+                """After each optimizer step (rank 0): stop at once if a background write failed; write a
+                mid-epoch checkpoint when --checkpoint-steps / --checkpoint-minutes say one is due (the epoch
+                started at step ``skip``, after ``skip_images`` samples per process)."""
+                checkpoints.check()
+                if interval.due(steps_done):
+                    save(epoch, epoch_steps, skip_images + (epoch_steps - skip) * batch_size * accum, steps_done,
+                         is_best=False)
+                    printer.line(f"=> mid-epoch checkpoint (epoch {epoch}, step {epoch_steps} of {steps_per_epoch}, "
+                                 f"global step {steps_done}): writing '{output_dir / CHECKPOINT_NAME}' in the "
+                                 f"background")
+
             for epoch in range(start_epoch, args.epochs):
                 skip, skip_images = (start_step, start_images) if epoch == start_epoch else (0, 0)
                 train_sampler.set_position(epoch, skip_images)
@@ -382,7 +437,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                     scaler=scaler, lr_at=lr_at, ctx=ctx, config=config, printer=printer,
                     split_size=len(train_set), start_step=skip, num_steps=steps_per_epoch - skip,
                     global_step=global_step, max_steps=steps_left, stop=stop, hooks=hooks,
-                    check=checkpoints.check if ctx.is_main else None)
+                    after_step=functools.partial(between_steps, epoch, skip, skip_images) if ctx.is_main else None)
                 global_step += result.steps
                 steps_left = None if steps_left is None else steps_left - result.steps
                 epoch_done = skip + result.steps >= steps_per_epoch
@@ -408,22 +463,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 # samples of next_epoch this process has trained on, for a resume with other images per step
                 next_images = 0 if next_step == 0 else skip_images + result.steps * batch_size * accum
                 if ctx.is_main:
-                    checkpoints.submit({
-                        "epoch": next_epoch,
-                        "epoch_step": next_step,
-                        "epoch_images": next_images,
-                        "images_per_step": batch_size * accum,
-                        "global_step": global_step,
-                        "state_dict": model.state_dict(),
-                        "best_acc1": best_acc1,
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "args": plain_data(vars(args)),
-                        "arch": "se_resnext50_32x4d",
-                        "num_classes": num_classes,
-                        "classes": list(classes),
-                        "class_names": list(class_names),
-                    }, output_dir, is_best)
+                    save(next_epoch, next_step, next_images, global_step, is_best)
                     append_record(log_path, {
                         "epoch": epoch, "lr": lr_at(epoch, skip), "image_size": train_size,
                         "batch_size": batch_size * accum * ctx.world_size, "train_loss": result.loss,
@@ -461,6 +501,14 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
             if plot:
                 printer.line(f"=> training curves written to '{plot}'")
         return status
+    except BaseException as exc:
+        lost_peer = ctx.watch is not None and is_peer_failure(exc)
+        if lost_peer:  # name the peer while this rank's heartbeat still runs
+            ctx.watch.report(ctx.watch.explain(exc))
+        shutdown(ctx, "peer" if lost_peer else "error")
+        if lost_peer:
+            raise PeerLostError(str(exc)) from None
+        raise
     finally:
         shutdown(ctx)
 
@@ -498,6 +546,12 @@ def resume_mid_epoch(checkpoint: dict, num_samples: int, images_per_step: int, s
     return start_step, start_images
 
 
+def report_lost_peer(finding: str) -> None:
+    """The one line a rank ends with when it lost a peer (printed once per process, by PeerWatch.report)."""
+    print(f"{PROG}: error: {finding}; stopping this rank too (the last checkpoint written is intact: continue "
+          f"with --auto-resume once every node is back)", file=sys.stderr, flush=True)
+
+
 def set_train_size(train_set, size: int, args: argparse.Namespace) -> None:
     """Train crops of ``size`` px from now on (--progressive-sizes); loader workers start anew each epoch, so
     the next epoch's workers see the change."""
@@ -512,6 +566,8 @@ def run_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, b
     """:func:`main_worker` with errors turned into one line on stderr and an exit status."""
     try:
         return main_worker(process_index, args, plan, backend, precision)
+    except PeerLostError:  # its line is printed
+        return 1
     except KNOWN_ERRORS as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:

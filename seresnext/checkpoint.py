@@ -16,10 +16,11 @@ import copy
 import io
 import os
 import pickle
-import re
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -27,19 +28,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .formats import WriteError, atomic_write
+from .formats import WriteError, atomic_write, remove_temporaries
 
 __all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_module_prefix",
            "load_model_weights", "apply_state_dict", "save_checkpoint", "CHECKPOINT_NAME", "BEST_NAME",
            "TRAINING_KEYS", "plain_data", "save_training_checkpoint", "CheckpointWriter",
            "load_training_checkpoint", "find_latest_checkpoint", "prepare_output_dir", "earlier_run_files",
-           "remove_stale_temporaries", "optimizer_kind", "restore_optimizer"]
+           "remove_stale_temporaries", "optimizer_kind", "restore_optimizer", "CheckpointInterval"]
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
 TRAINING_KEYS = ("epoch", "state_dict", "best_acc1", "optimizer")
-# what atomic_write's temporaries of the two checkpoint files are called (a killed write leaves one behind)
-_STALE_TEMPORARY = re.compile(r"^\.(checkpoint|model_best)\.pth\.tar\.[A-Za-z0-9_]+\.tmp$")
 # the optimizer settings a resumed run takes from its own flags rather than from the checkpoint
 _OPTIMIZER_FLAGS = {"weight_decay": "--wd", "momentum": "--momentum"}
 
@@ -227,6 +226,32 @@ class CheckpointWriter:
             # otherwise the error already on its way out (a non-finite loss, a crash) is the one to report
 
 
+@dataclass
+class CheckpointInterval:
+    """When a run writes a checkpoint between epoch ends: after every ``steps``-th training step of the run
+    (global steps N, 2N, ...) and/or once ``seconds`` have passed since the last checkpoint of any kind (an
+    epoch end's included); 0 turns either off. The time is this process's monotonic clock."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    _last: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.seconds < 0:
+            raise ValueError(f"checkpoint interval: {self.steps} steps, {self.seconds} s: must not be negative")
+        self._last = self.clock()
+
+    def due(self, global_step: int) -> bool:
+        """Whether a checkpoint is due after ``global_step`` steps of the run."""
+        by_steps = self.steps > 0 and global_step % self.steps == 0
+        return by_steps or (self.seconds > 0 and self.clock() - self._last >= self.seconds)
+
+    def restart(self) -> None:
+        """A checkpoint was just written (or submitted): the time interval counts from now."""
+        self._last = self.clock()
+
+
 def load_training_checkpoint(path: str | PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a training checkpoint (weights only) and check that it has upstream's keys."""
     obj = load_checkpoint(path, map_location)
@@ -276,11 +301,7 @@ def earlier_run_files(output_dir: str | PathLike) -> list[str]:
 def remove_stale_temporaries(output_dir: str | PathLike) -> list[Path]:
     """Delete what killed checkpoint writes left in ``output_dir`` (``.checkpoint.pth.tar.<random>.tmp``,
     each as large as a checkpoint) and return the paths; no other file is touched."""
-    folder = Path(output_dir)
-    stale = [Path(e.path) for e in os.scandir(folder) if e.is_file() and _STALE_TEMPORARY.match(e.name)]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    return remove_temporaries(output_dir, lambda name: name in (CHECKPOINT_NAME, BEST_NAME))
 
 
 def optimizer_kind(param_groups: Iterable[Mapping[str, Any]]) -> str:

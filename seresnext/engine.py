@@ -14,7 +14,8 @@ Test-only fault injection (used by the test suite; never set in real runs):
 
 * ``SERESNEXT_TEST_NAN_STEPS=A-B`` makes the loss NaN at global steps A..B (``A-`` for "from A on");
 * ``SERESNEXT_TEST_KILL_AT_STEP=R:S`` makes rank R SIGKILL itself before global step S, on the first
-  attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0).
+  attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), once the checkpoint writes it
+  started have landed (so a test knows which checkpoint the kill leaves behind).
 """
 from __future__ import annotations
 
@@ -109,9 +110,11 @@ class FaultHooks:
     nan_last: int | None = None
     kill_rank: int | None = None
     kill_step: int | None = None
+    settle: Callable[[], object] | None = field(default=None, compare=False)  # waits for writes in flight
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "FaultHooks":
+    def from_env(cls, env: Mapping[str, str] = os.environ,
+                 settle: Callable[[], object] | None = None) -> "FaultHooks":
         nan_first = nan_last = kill_rank = kill_step = None
         if env.get("SERESNEXT_TEST_NAN_STEPS"):
             first, _, last = env["SERESNEXT_TEST_NAN_STEPS"].partition("-")
@@ -119,7 +122,7 @@ class FaultHooks:
         if env.get("SERESNEXT_TEST_KILL_AT_STEP") and env.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
             rank, _, step = env["SERESNEXT_TEST_KILL_AT_STEP"].partition(":")
             kill_rank, kill_step = int(rank), int(step)
-        return cls(nan_first, nan_last, kill_rank, kill_step)
+        return cls(nan_first, nan_last, kill_rank, kill_step, settle)
 
     @property
     def active(self) -> bool:
@@ -127,6 +130,8 @@ class FaultHooks:
 
     def before_step(self, rank: int, global_step: int) -> None:
         if self.kill_step is not None and rank == self.kill_rank and global_step == self.kill_step:
+            if self.settle is not None:
+                self.settle()
             print(f"[test hook] rank {rank} SIGKILLs itself at step {global_step}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -263,7 +268,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                     config: TrainConfig, printer: Printer, split_size: int, start_step: int = 0,
                     num_steps: int | None = None, global_step: int = 0, max_steps: int | None = None,
                     stop: GracefulStop | None = None, hooks: FaultHooks | None = None,
-                    check: Callable[[], None] | None = None) -> EpochResult:
+                    after_step: Callable[[int, int], None] | None = None) -> EpochResult:
     """Train for one epoch (from ``start_step`` when resuming mid-epoch) and return all-rank metrics.
 
     A step is one optimizer step over ``config.accum_steps`` consecutive loader batches (micro-batches): each
@@ -278,8 +283,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     agree on it every ``print_freq`` steps). Raises :class:`NonFiniteLossError` when for
     ``config.max_nonfinite_steps`` consecutive steps the loss was non-finite or the loss scaler skipped the
     step (float16 gradients overflowed), and ``DataError`` when more than 1% of the split (``split_size``
-    images) is unreadable. ``check()`` runs after every step; what it raises (e.g. a failed checkpoint
-    write) ends the epoch at once.
+    images) is unreadable. ``after_step(epoch_steps, global_steps)`` runs after every step with the steps of
+    this epoch and of the run done so far (main.py: a failed background checkpoint write, a mid-epoch
+    checkpoint); what it raises ends the epoch at once.
     """
     set_train_mode(model)
     hooks = hooks or FaultHooks()
@@ -372,8 +378,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         steps += 1
         global_step += 1
         images_seen += batch
-        if check is not None:
-            check()
+        if after_step is not None:
+            after_step(i + 1, global_step)
         if steps in (1, FPS_WARMUP_STEPS):
             synchronize(device)
             marks[steps] = (time.perf_counter(), images_seen)

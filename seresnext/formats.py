@@ -13,7 +13,8 @@ Formats (upstream's, byte for byte where upstream defined the bytes):
   and msame writes ``<image name>_output_0.txt`` with a line break every 100 values.
 * ``val_label.txt``: ``ILSVRC2012_val_00000001.JPEG 65`` per line (0-based class).
 * ``result.json``: upstream's ``json.dump`` of ``{"title": ..., "value": [{"key": ..., "value": ...}, ...]}``.
-* perf file ``perf_vision_batchsize_<bs>_device_<id>.txt``: the five ``[stage] throughputRate: ...`` lines.
+* perf file ``perf_vision_batchsize_<bs>_device_<id>.txt``: the five ``[stage] throughputRate: ...`` lines, then
+  ours in the same form: ``[images] processed: N, skipped: M, failed: F``.
 * ais_bench's ``<run>_summary.json``: throughput and ``NPU_compute_time`` statistics (ms).
 
 Everything is written atomically (temporary file in the same folder, then rename), so a crash never leaves
@@ -27,7 +28,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -35,12 +36,12 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "FormatError", "WriteError", "atomic_write",
+    "FormatError", "WriteError", "atomic_write", "remove_temporaries",
     "IMAGE_EXTENSIONS", "image_stem", "bin_file_name", "write_bin", "read_bin", "bin_from_bytes", "npy_from_bytes",
     "bin_nbytes", "BIN_SETTINGS_NAME", "write_bin_settings", "read_bin_settings",
     "InfoEntry", "write_info", "read_info",
     "DUMP_SUFFIX", "DUMP_FORMATS", "DumpName", "DumpListing", "dump_file_name", "write_dump", "read_dump",
-    "parse_dump_name", "image_name_of_dump", "list_dumps",
+    "parse_dump_name", "image_name_of_dump", "list_dumps", "dump_is_complete",
     "read_val_label", "write_val_label",
     "result_json_dict", "write_result_json", "read_result_json",
     "PerfStats", "perf_file_name", "perf_lines", "write_perf_file", "read_perf_file", "PURE_INFER_PREFIX",
@@ -102,6 +103,21 @@ def atomic_write(path: str | PathLike, data: bytes | bytearray | memoryview | st
         except FileNotFoundError:
             pass
         raise
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # what atomic_write's mkstemp names
+
+
+def remove_temporaries(folder: str | PathLike, of: Callable[[str], bool]) -> list[Path]:
+    """Delete the temporaries that killed :func:`atomic_write` calls left in ``folder`` (``.<name>.<random>.tmp``)
+    for the final names ``of`` accepts, and return their paths; no other file is touched."""
+    stale = []
+    for entry in os.scandir(folder):
+        match = _TEMPORARY.match(entry.name)
+        if match and entry.is_file() and of(match.group("name")):
+            stale.append(Path(entry.path))
+            Path(entry.path).unlink(missing_ok=True)
+    return stale
 
 
 # ----------------------------------------------------------------------------------------------- image names
@@ -343,6 +359,22 @@ def list_dumps(folder: str | PathLike) -> DumpListing:
     return DumpListing(dumps, ignored, other_outputs)
 
 
+def dump_is_complete(path: str | PathLike, values: int) -> bool:
+    """Whether ``path`` holds a whole dump of ``values`` numbers, as :func:`write_dump` writes it. A killed write
+    never leaves a partial file under the final name (it renames a finished temporary), but a power loss before
+    the data reached the disk can leave an empty or short one."""
+    path = Path(path)
+    try:
+        if path.suffix == ".bin":
+            return path.stat().st_size == 4 * values
+        if path.suffix == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False).size == values  # a short file fails to map
+        data = path.read_bytes()
+        return data.endswith(b"\n") and len(data.split()) == values
+    except (OSError, ValueError, EOFError):
+        return False
+
+
 def read_dump(path: str | PathLike) -> np.ndarray:
     """The float32 values of one dump file: every value of a text file (whatever its line breaks), raw
     float32 of a ``.bin``, the array of a ``.npy``."""
@@ -458,7 +490,8 @@ class PerfStats:
 
     ``e2e_latency_ms`` is the whole run; the ``*_ms_per_image`` values are time spent in that stage per
     image; ``infer_ms_per_batch`` is the mean model call; ``infer_stage_rate`` counts images over the infer
-    stage's wall time, ``interface_rate`` over the model calls alone.
+    stage's wall time, ``interface_rate`` over the model calls alone. ``processed`` (when set), ``skipped``
+    (``-resume=true``: their dumps were already complete) and ``failed`` count the run's images.
     """
 
     e2e_rate: float
@@ -469,6 +502,9 @@ class PerfStats:
     interface_rate: float
     infer_ms_per_batch: float
     post_ms_per_image: float
+    processed: int | None = None
+    skipped: int = 0
+    failed: int = 0
 
 
 def perf_file_name(batch_size: int, device_id: int) -> str:
@@ -480,7 +516,9 @@ def _rate(ms_per_image: float) -> float:
 
 
 def perf_lines(stats: PerfStats, console: bool = False) -> str:
-    """Upstream's five perf lines (``%g`` numbers, as benchmark.x86_64 printed them).
+    """Upstream's five perf lines (``%g`` numbers, as benchmark.x86_64 printed them), then ours when the image
+    counts are set: ``[images] processed: 37, skipped: 13, failed: 0``, in the same form, so that parsers of
+    upstream's lines (by stage name or by line number) read the file as before.
 
     The file says ``[infer]`` / ``[post]``; benchmark.x86_64's console summary said ``[inference]`` /
     ``[postprocess]``, and ``console=True`` keeps that.
@@ -495,7 +533,9 @@ def perf_lines(stats: PerfStats, console: bool = False) -> str:
             f"[{infer}] throughputRate: {g(stats.infer_stage_rate)}, Interface throughputRate: "
             f"{g(stats.interface_rate)}, moduleLatency: {g(stats.infer_ms_per_batch)}\n"
             f"[{post}] throughputRate: {g(_rate(stats.post_ms_per_image))}, "
-            f"moduleLatency: {g(stats.post_ms_per_image)}\n")
+            f"moduleLatency: {g(stats.post_ms_per_image)}\n"
+            + ("" if stats.processed is None else
+               f"[images] processed: {stats.processed}, skipped: {stats.skipped}, failed: {stats.failed}\n"))
 
 
 def write_perf_file(path: str | PathLike, stats: PerfStats) -> str:

@@ -220,6 +220,8 @@ def stage_train(job: Job) -> None:
         if recipe.get(key) is not None:
             command.append(f"{flag}={recipe[key]}")
     command += recipe["extra"]
+    if job.sample:  # its epochs take seconds: epoch-end checkpoints only (main.py's default: every 10 minutes)
+        command.append("--checkpoint-minutes=0")
     stopped_at = interrupted_training(job.path("train"), recipe["epochs"])
     if stopped_at:  # otherwise the wrapper starts a new run over an earlier one
         say(f"train: continuing the interrupted run from its checkpoint ({stopped_at})")

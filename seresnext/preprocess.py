@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -26,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .formats import BIN_SETTINGS_NAME, bin_file_name, bin_nbytes, read_bin_settings, write_bin, write_bin_settings
+from .formats import (BIN_SETTINGS_NAME, bin_file_name, bin_nbytes, read_bin_settings, remove_temporaries, write_bin,
+                      write_bin_settings)
 
 __all__ = ["RESIZE_SIZE", "CROP_SIZE", "MEAN", "STD", "PreprocessError", "PreprocessReport", "load_rgb",
            "resized_size", "crop_box", "normalization_table", "preprocess_image", "list_images",
@@ -150,9 +150,6 @@ def _work(task: tuple[str, str, int, int]) -> str | None:
     return None
 
 
-_STALE_TMP = re.compile(r"^\..+\.bin\..+\.tmp$")
-
-
 def _describe(settings: dict) -> str:
     return " ".join(f"--{key} {value}" for key, value in sorted(settings.items()) if key in ("resize", "crop")) \
         + ("" if (settings.get("mean"), settings.get("std")) == (list(MEAN), list(STD))
@@ -196,9 +193,7 @@ def preprocess_folder(source: str | PathLike, target: str | PathLike, jobs: int 
     if target.exists() and not target.is_dir():
         raise PreprocessError(f"{target}: exists and is not a folder")
     target.mkdir(parents=True, exist_ok=True)
-    for entry in os.scandir(target):  # temporaries left by an interrupted run
-        if _STALE_TMP.match(entry.name):
-            os.unlink(entry.path)
+    remove_temporaries(target, lambda name: name.endswith(".bin"))  # left by an interrupted run
     _record_settings(target, [target / bin_file_name(path.name) for path in files],
                      {"resize": resize, "crop": crop, "mean": list(MEAN), "std": list(STD)}, resume)
 

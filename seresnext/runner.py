@@ -14,10 +14,15 @@ file. The work is a three-stage pipeline so that reading and preprocessing overl
 Warm-up batches run before the clock starts. A last partial batch is padded with zeros up to a static
 batch size (or run as is with a dynamic one) and only the real images are written. Files that cannot be
 read are listed in the result, never stop the run, and make the exit status 1.
+
+An interrupted run can be continued: Ctrl-C lets the batches already inferred be written, a kill leaves only
+whole dumps (each is written to a temporary and renamed; the next run removes the temporaries), and
+``resume`` (``-resume=true``) skips the images whose dump is complete.
 """
 from __future__ import annotations
 
 import collections
+import functools
 import queue
 import re
 import threading
@@ -32,13 +37,14 @@ import numpy as np
 
 from .aipp import AippConfig, config_from_metadata, encode_source
 from .formats import (DUMP_SUFFIX, FormatError, InfoEntry, bin_from_bytes, npy_from_bytes, PerfStats, dump_file_name,
-                      perf_file_name, perf_lines, pure_infer_perf_file_name, pure_infer_summary, read_info, write_dump,
-                      write_perf_file, write_pure_infer_perf_file, list_dumps)
+                      dump_is_complete, parse_dump_name, perf_file_name, perf_lines, pure_infer_perf_file_name,
+                      pure_infer_summary, read_info, remove_temporaries, write_dump, write_perf_file,
+                      write_pure_infer_perf_file, list_dumps)
 from .info import InfoError, list_files
 
-__all__ = ["RunnerError", "RunnerOptions", "RunResult", "Backend", "OrtBackend", "OpenVinoBackend", "AscendBackend",
-           "open_backend", "openvino_available",
-           "run_dataset", "run_pure_inference", "entries_from_inputs", "OM_HELP", "PROVIDERS"]
+__all__ = ["RunnerError", "RunInterrupted", "RunnerOptions", "RunResult", "Backend", "OrtBackend", "OpenVinoBackend",
+           "AscendBackend", "open_backend", "openvino_available", "run_dataset", "run_pure_inference",
+           "entries_from_inputs", "resume_line", "OM_HELP", "PROVIDERS"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -52,6 +58,15 @@ OM_HELP = ("{path} is an Ascend offline model (.om); running it needs Ascend's r
 
 class RunnerError(ValueError):
     """A flag, model or input the runner cannot use; the message names the flag or the file."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a dataset run after ``written`` dumps, each complete (the batches already inferred were
+    written first), so that ``-resume=true`` can continue it."""
+
+    def __init__(self, written: int, dump_dir: Path | None):
+        super().__init__(f"{written} dump(s) written")
+        self.written, self.dump_dir = written, dump_dir
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,7 @@ class RunnerOptions:
     write_perf: bool = True
     loop: int = 1  # model calls per batch, each timed (ais_bench's --loop)
     input_label: str | None = None  # how errors name the input list (default: input_text_path)
+    resume: bool = False  # skip the images whose dump in dump_dir is already complete (-resume=true)
 
 
 # ----------------------------------------------------------------------------------------------- backends
@@ -388,6 +404,7 @@ class RunResult:
     perf_file: Path | None = None
     perf_text: str = ""
     stale_dumps: int = 0
+    skipped: int = 0  # -resume=true: images whose dump was complete before this run
     backend: str = ""
     written: list[tuple[str, str]] = field(default_factory=list)  # (input file, dump file) per image
 
@@ -407,6 +424,30 @@ def _warm_up(backend: Backend, plan: _Plan, rounds: int) -> None:
     parallel = max(1, backend.parallel_requests)
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="runner-warmup") as pool:
         list(pool.map(lambda _: backend.run(feed), range(max(rounds, parallel))))
+
+
+def _without_complete_dumps(entries: Sequence[InfoEntry], dump_dir: Path, options: RunnerOptions, dump_format: str,
+                            values: Callable[[], int]) -> tuple[list[InfoEntry], int]:
+    """``-resume=true``: the entries whose dump is missing or incomplete (a power loss can leave a short one),
+    and how many were skipped; ``values()`` is the number of outputs per image. A dump of another format or
+    numbering for an image means other flags wrote the folder: refused, since the metric would count both."""
+    try:
+        existing = list_dumps(dump_dir).dumps
+    except FormatError as exc:
+        raise RunnerError(f"-resume=true: {exc}") from None
+    todo, skipped = [], 0
+    for entry in entries:
+        found = existing.get(entry.image_name)
+        wanted = dump_file_name(entry.image_name, options.output_binary, options.dump_suffix, dump_format)
+        if found is not None and found.name != wanted:
+            raise RunnerError(f"-resume=true: {found} is not the dump this run writes for that image ({wanted}): "
+                              f"another run with other output flags wrote {dump_dir}; resume with that run's flags, "
+                              f"or run without -resume=true into an empty folder")
+        if found is not None and dump_is_complete(found, values()):
+            skipped += 1
+        else:
+            todo.append(entry)
+    return todo, skipped
 
 
 _END = object()
@@ -474,7 +515,17 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
     dump_dir = Path(options.dump_dir or Path(options.result_dir) / f"dumpOutput_device{options.device_id}")
     if options.save_outputs:
         dump_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(dump_dir, lambda name: parse_dump_name(name) is not None)  # left by a killed run
     _warm_up(backend, plan, options.warmup)
+    listed = usable
+    if options.resume and options.save_outputs:
+        def values() -> int:  # outputs per image: one call on a batch of zeros, made only if a dump is checked
+            output = np.asarray(backend.run(np.zeros((plan.batch, *plan.item_shape), dtype=backend.input_dtype)))
+            return int(output.reshape(output.shape[0], -1).shape[1])
+        usable, result.skipped = _without_complete_dumps(usable, dump_dir, options, dump_format,
+                                                         functools.cache(values))
+        if progress and result.skipped:
+            progress(result.skipped)
 
     batches = [usable[i:i + plan.batch] for i in range(0, len(usable), plan.batch)]
     ready: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
@@ -554,6 +605,7 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
         result.images += len(kept)
         written.put((kept, outputs))
 
+    interrupted = False
     in_flight = max(1, backend.parallel_requests)
     with ThreadPoolExecutor(max_workers=max(1, options.loaders), thread_name_prefix="runner-load") as pool, \
             ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="runner-infer") as infer_pool:
@@ -575,13 +627,21 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
                     finish(*pending.popleft())
             while pending:
                 finish(*pending.popleft())
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
             stop.set()
             for _, call in pending:
                 call.cancel()
-            written.put(_END)
+            if interrupted:  # the batches already in the model: let them finish, and write them
+                for kept, call in pending:
+                    if not call.cancelled() and call.exception() is None:
+                        finish(kept, call)
+            written.put(_END)  # the writer writes the batches already inferred, then stops
             writer.join()
             producer.join()
+    if interrupted:
+        raise RunInterrupted(len(result.written), dump_dir if options.save_outputs else None)
     run_seconds = time.perf_counter() - run_started
     first_infer = min((start for start, _ in spans), default=None)
     last_infer = max((end for _, end in spans), default=None)
@@ -596,7 +656,8 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
         infer_stage_rate=result.images * options.loop / (last_infer - first_infer) if result.images else 0.0,
         interface_rate=result.images * options.loop / infer_seconds if infer_seconds else 0.0,
         infer_ms_per_batch=infer_seconds * 1000.0 / max(len(result.batch_latencies_ms), 1),
-        post_ms_per_image=timings["post"] * 1000.0 / images)
+        post_ms_per_image=timings["post"] * 1000.0 / images,
+        processed=result.images, skipped=result.skipped, failed=len(result.failed))
     result.stats = stats
     result.failed.sort(key=_line_order)
     if options.write_perf:
@@ -604,7 +665,7 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
         result.perf_text = write_perf_file(result.perf_file, stats)
     if options.save_outputs:
         result.dump_dir = dump_dir
-        ours = {dump_file_name(e.image_name, options.output_binary, options.dump_suffix, dump_format) for e in usable}
+        ours = {dump_file_name(e.image_name, options.output_binary, options.dump_suffix, dump_format) for e in listed}
         result.stale_dumps = sum(1 for path in list_dumps(dump_dir).dumps.values() if path.name not in ours)
     return result
 
@@ -683,9 +744,18 @@ def summary_lines(result: RunResult, batch: int) -> str:
             + perf_lines(stats, console=True)
             + "-----------------------------------------------------------\n"
             + f"[INFO] {result.images} images, {result.backend}\n"
+            + resume_line(result)
             + f"[INFO] throughput: {stats.e2e_rate:.2f} images/s end to end, {stats.interface_rate:.2f} images/s "
               f"in the model calls\n"
             + f"[INFO] latency per batch of {batch} (ms): p50 {p50:.2f}, p90 {p90:.2f}, p99 {p99:.2f}\n")
+
+
+def resume_line(result: RunResult) -> str:
+    """The console line of a resumed run (empty when it skipped nothing)."""
+    if not result.skipped:
+        return ""
+    return (f"[INFO] resumed: {result.skipped} images skipped (their dumps were complete), {result.images} "
+            f"processed\n")
 
 
 def pure_summary_lines(rate: float, latencies: Sequence[float], path: str | PathLike, batch: int,

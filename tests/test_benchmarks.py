@@ -116,3 +116,16 @@ def test_peak_memory_follows_the_whole_process_tree(tmp_path):
     assert report["status"] == 0 and report["processes_seen"] >= 2
     assert 0.29 < report["peak_pss_gib"] < 1.0 and report["sum_of_own_peaks_gib"] > 0.29
     assert "peak memory of the process tree" in result.stderr
+
+
+def test_bench_checkpoint_reports_the_submit_against_the_training_step(tmp_path):
+    out = tmp_path / "checkpoint.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_checkpoint.py"), "--size", "32",
+                             "--batch", "2", "--repeats", "1", "--workdir", str(tmp_path / "work"),
+                             "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())["results"]
+    assert 200 < report["state_mb"] < 250  # 1000-class weights, BatchNorm statistics and SGD momentum
+    assert len(report["step_ms"]) == len(report["submit_ms"]) == len(report["write_ms"]) == 1
+    assert (tmp_path / "work" / "checkpoint.pth.tar").is_file()
+    assert "| submit on the training thread (221 MB to CPU memory) |" in result.stdout

@@ -117,7 +117,7 @@ TOOLS = {  # name as the docs write it -> (script or module, is_module)
     "seresnext.sample_data": ("seresnext.sample_data", True),
 }
 SHELL_TOOLS = {"se_resnext50_32x4d_atc.sh": "se_resnext50_32x4d_atc.sh", "test/train_": "test/wrapper_common.sh"}
-PLACEHOLDER = re.compile(r"(DIR|N|M|X|F|PATH|NAME|FILE|IMAGE)(\.\w+)?|<.*>|.*\.\.\..*|.*….*")  # and 0,...,7
+PLACEHOLDER = re.compile(r"(DIR|N|M|X|F|PATH|NAME|FILE|IMAGE|SECONDS)(\.\w+)?|<.*>|.*\.\.\..*|.*….*")  # and 0,...,7
 DEFAULT_PHRASE = r"\(default:? (`[^`]+`|[\w.+-]+)[),;]"
 LIST_MARKERS = ("defaults first", "spelling, default and meaning")
 

@@ -116,3 +116,23 @@ def test_image_names_keep_every_dot_but_the_extensions(file_name, stem):
     assert formats.image_stem(file_name) == stem
     assert formats.bin_file_name(file_name) == stem + ".bin"
     assert formats.InfoEntry(0, f"./val/{file_name}", 1, 1).image_name == stem  # what the runner names dumps after
+
+
+@pytest.mark.parametrize("ext", ["txt", "bin", "npy"])
+def test_a_dump_is_complete_only_with_all_its_values(tmp_path, ext):
+    values = np.linspace(-3, 3, 1000, dtype=np.float32)
+    path = formats.write_dump(tmp_path, "ILSVRC2012_val_00000001", values, binary=False, ext=ext)
+    assert formats.dump_is_complete(path, 1000) and not formats.dump_is_complete(path, 1001)
+    data = path.read_bytes()
+    for cut in (b"", data[:len(data) // 2], data[:-1]):  # what a power loss can leave under the final name
+        path.write_bytes(cut)
+        assert not formats.dump_is_complete(path, 1000), cut[-20:]
+    assert not formats.dump_is_complete(tmp_path / "missing_1.txt", 1000)
+
+
+def test_remove_temporaries_deletes_only_the_leftovers_of_the_names_asked_for(tmp_path):
+    for name in (".a_1.txt.k1ll3d_x.tmp", ".model.onnx.abcd1234.tmp", "a_1.txt", ".hidden", "b.tmp"):
+        (tmp_path / name).write_text("x")
+    removed = formats.remove_temporaries(tmp_path, lambda name: formats.parse_dump_name(name) is not None)
+    assert [p.name for p in removed] == [".a_1.txt.k1ll3d_x.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", ".model.onnx.abcd1234.tmp", "a_1.txt", "b.tmp"]

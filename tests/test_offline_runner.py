@@ -6,7 +6,9 @@ real graph in seconds; the AIPP config is the standard one scaled down (72x72 so
 import dataclasses
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,8 @@ import pytest
 from PIL import Image
 
 import benchmark
-from offline_helpers import (ROOT, STANDARD_AIPP, colour_class_image, make_val_folder, probe_trained_model,
-                             run_tool)
+from offline_helpers import (PYTHON, ROOT, STANDARD_AIPP, colour_class_image, env_with_repo, make_val_folder,
+                             probe_trained_model, run_tool)
 from seresnext import build, runner
 from seresnext.aipp import apply_aipp_reference, encode_source, insert_aipp, load_aipp_config
 from seresnext.export import export_onnx
@@ -192,11 +194,13 @@ def test_bin_run_writes_one_dump_per_image_with_a_partial_last_batch(work, tmp_p
         np.testing.assert_allclose(read_dump(path), expected[row], atol=1e-4)
     perf_path = tmp_path / "result" / "perf_vision_batchsize_4_device_0.txt"
     lines = perf_path.read_text().splitlines()
-    assert len(lines) == 5
+    assert len(lines) == 6  # upstream's five, then the image counts in the same form
     for line, pattern in zip(lines, PERF_LINE.values()):
         assert __import__("re").fullmatch(pattern, line), line
+    assert lines[5] == "[images] processed: 10, skipped: 0, failed: 0"
     perf = read_perf_file(perf_path)
     assert perf["e2e"]["throughputRate"] > 0 and perf["infer"]["moduleLatency"] > 0
+    assert perf["images"] == {"processed": 10, "skipped": 0, "failed": 0}
     assert "-----------------Performance Summary------------------" in out
     assert "[inference] throughputRate:" in out and "p50" in out and "p99" in out and "10 images" in out
     assert ("OpenVINO" if provider == "openvino" else "ONNX Runtime") in out
@@ -232,6 +236,91 @@ def test_bad_bin_and_missing_files_are_listed_and_the_rest_is_run(work, tmp_path
     assert "2 image(s) failed; 5 processed" in err
     names = sorted(p.name for p in (tmp_path / "result" / "dumpOutput_device0").iterdir())
     assert names == [f"ILSVRC2012_val_{i:08d}_1.txt" for i in (1, 2, 4, 5, 6)]
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("provider", BACKENDS)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
+def test_an_interrupted_run_resumes_with_only_the_missing_images_and_the_dumps_of_a_straight_run(
+        work, tmp_path, signum, provider):
+    """Interrupted partway (Ctrl-C, or a kill that may leave a temporary), then -resume=true: only the images
+    without a complete dump run (a dump cut short by a power loss counts as missing), the others are not
+    touched, and the dump folder equals an uninterrupted run's byte for byte. On each backend (OpenVINO keeps
+    several batches in flight: Ctrl-C lets them finish and writes them)."""
+    count = 80
+    _bins(tmp_path / "bins", count)
+    write_info(tmp_path / "bin.info", [(str(p), SIZE, SIZE) for p in sorted((tmp_path / "bins").iterdir())])
+    flags = [f"-provider={provider}", "-model_type=vision", f"-om_path={work / 'tiny_4.onnx'}", "-device_id=0",
+             "-batch_size=4", f"-input_text_path={tmp_path / 'bin.info'}", f"-input_width={SIZE}",
+             f"-input_height={SIZE}", "-loaders=1", "-prefetch=1", "-warmup=1"]  # OpenVINO: a batch in flight per stream
+    status, _, err = run_tool(benchmark, [*flags, f"-result_dir={tmp_path / 'straight'}"])
+    assert status == 0, err
+    straight = folder_bytes(tmp_path / "straight" / "dumpOutput_device0")
+    assert len(straight) == count
+
+    dumps = tmp_path / "result" / "dumpOutput_device0"
+    proc = subprocess.Popen([PYTHON, "benchmark.py", *flags, f"-result_dir={tmp_path / 'result'}", "-progress=false"],
+                            cwd=ROOT, env=env_with_repo(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not (dumps.is_dir() and len(list(dumps.glob("*_1.txt"))) >= 8):
+        time.sleep(0.005)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    if signum == signal.SIGINT:
+        assert proc.returncode == 130, out + err
+        done = len(list(dumps.glob("*_1.txt")))
+        assert err.strip().splitlines()[-1] == (f"benchmark.py: interrupted after {done} dump(s) in {dumps}, each "
+                                                f"complete; rerun the same command with -resume=true to process "
+                                                f"only the rest")
+    else:
+        assert proc.returncode == -signal.SIGKILL, out + err
+        (dumps / ".ILSVRC2012_val_00000079_1.txt.k1ll3d_x.tmp").write_text("-1.5 2.25")  # a write cut short
+        cut = sorted(dumps.glob("*_1.txt"))[2]  # a power loss before the data reached the disk
+        cut.write_bytes(cut.read_bytes()[:100])
+    complete = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in dumps.glob("*_1.txt")
+                if p.read_bytes() == straight[p.name]}
+    assert 8 <= len(complete) < count, "the run was not interrupted partway"
+
+    status, out, err = run_tool(benchmark, [*flags, f"-result_dir={tmp_path / 'result'}", "-resume=true"])
+    assert status == 0, err
+    skipped, processed = len(complete), count - len(complete)
+    assert f"[INFO] resumed: {skipped} images skipped (their dumps were complete), {processed} processed" in out
+    perf = (tmp_path / "result" / "perf_vision_batchsize_4_device_0.txt").read_text().splitlines()
+    assert perf[5] == f"[images] processed: {processed}, skipped: {skipped}, failed: 0"
+    assert {name: (p.stat().st_ino, p.stat().st_mtime_ns) for name in complete
+            for p in [dumps / name]} == complete  # not written again
+    assert folder_bytes(dumps) == straight
+
+
+@pytest.mark.parametrize("provider", BACKENDS)
+def test_ais_bench_resume_continues_the_run_in_its_output_dirname(work, tmp_path, provider):
+    _bins(tmp_path / "prep_bin", 10)
+    flags = ["--provider", provider, "--model", str(work / "tiny_4.onnx"), "--input", str(tmp_path / "prep_bin"),
+             "--output", str(tmp_path / "out"), "--outfmt", "NPY"]
+    status, _, err = _ais(*flags, "--output_dirname", "straight")
+    assert status == 0, err
+    straight = folder_bytes(tmp_path / "out" / "straight")
+    run = tmp_path / "out" / "run"
+    run.mkdir()
+    for name in sorted(straight)[:6]:  # what an interrupted run left: 6 dumps, one cut short, a temporary
+        (run / name).write_bytes(straight[name])
+    (run / sorted(straight)[5]).write_bytes(straight[sorted(straight)[5]][:90])
+    (run / f".{sorted(straight)[6]}.abcd1234.tmp").write_bytes(b"\x93NUMPY")
+    status, out, err = _ais(*flags, "--output_dirname", "run", "--resume", "true")
+    assert status == 0, err
+    backend = "OpenVINO" if provider == "openvino" else "ONNX Runtime"
+    assert f"[INFO] 5 images, {backend}" in out and "[INFO] resumed: 5 images skipped" in out
+    assert folder_bytes(run) == straight
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert len(summary["filesinfo"]) == 5  # what this run wrote
+    status, _, err = _ais(*flags, "--resume", "true")
+    assert status == 1 and "--resume continues the run in OUTPUT/<output_dirname>/: give --input, --output and " \
+                           "--output_dirname" in err
+    status, _, err = _ais(*flags[:-1], "BIN", "--output_dirname", "run", "--resume=true")
+    assert status == 1 and (f"--resume=true: {run / sorted(straight)[0]} is not the dump this run writes for that "
+                            f"image ({sorted(straight)[0][:-4]}.bin): another run with other output flags") in err
 
 
 def _ais(*flags):

@@ -113,6 +113,7 @@ def test_ctrl_c_prints_one_line_and_a_rerun_continues_training_to_the_same_figur
     assert train_output[-2].startswith("    Se-ResNext-50-32x4d: acc run on cpu")  # nothing after it but the line
     stopped = torch.load(checkpoint, weights_only=True)
     assert (stopped["epoch"], stopped["epoch_step"]) < (3, 0)
+    assert stopped["args"]["checkpoint_minutes"] == 0  # the sample recipe: epoch ends only (main.py's default: 10)
 
     rerun = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]

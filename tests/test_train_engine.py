@@ -112,12 +112,13 @@ def test_steps_skipped_in_a_row_by_the_loss_scaler_stop_the_run(capsys):
         run_epoch(tiny_model(), batches(10), Precision("cpu", torch.float16, 2.0 ** 100), max_nonfinite=3)
 
 
-def test_a_failing_check_ends_the_epoch_after_that_step(capsys):
-    """What ``check`` raises (main.py: a checkpoint write that failed in the background) stops training at once."""
+def test_after_step_sees_the_position_and_what_it_raises_ends_the_epoch_after_that_step(capsys):
+    """``after_step`` gets (steps of this epoch, steps of the run) after each step; what it raises (main.py: a
+    checkpoint write that failed in the background) stops training at once."""
     calls = []
 
-    def check():
-        calls.append(1)
+    def after_step(epoch_steps, global_steps):
+        calls.append((epoch_steps, global_steps))
         if len(calls) == 2:
             raise OSError("out/checkpoint.pth.tar: cannot write (No space left on device)")
 
@@ -126,9 +127,9 @@ def test_a_failing_check_ends_the_epoch_after_that_step(capsys):
         train_one_epoch(tiny_model(), nn.CrossEntropyLoss(), optimizer, batches(6), torch.device("cpu"), 0,
                         precision=Precision("cpu"), scaler=Precision("cpu").make_scaler(), lr_at=lambda e, s: 0.1,
                         ctx=DistContext(), config=TrainConfig(print_freq=1), printer=Printer(DistContext()),
-                        split_size=100, check=check)
+                        split_size=100, start_step=3, num_steps=6, global_step=10, after_step=after_step)
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch:")]
-    assert len(calls) == 2 and len(progress) == 1  # step 1's line is printed after its check
+    assert calls == [(4, 11), (5, 12)] and len(progress) == 1  # step 4's line is printed after its after_step
 
 
 def test_stop_request_ends_validation_at_a_batch_boundary(capsys):

@@ -421,3 +421,30 @@ def test_resume_with_other_images_per_step_goes_on_after_the_images_already_trai
         ["Epoch: [0][2/4]", "Epoch: [0][3/4]"]
     ckpt = load(tmp_path / "checkpoint.pth.tar")
     assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["global_step"]) == (1, 0, 3)
+
+
+def test_sigkill_after_a_mid_epoch_checkpoint_loses_at_most_n_steps_and_auto_resume_matches_a_straight_run(
+        tmp_path, capsys):
+    """--checkpoint-steps 3 in a 6-step epoch; the process SIGKILLs itself before step 6 (5 done, the
+    checkpoint after step 3 on disk): the resumed run starts at step 3 (2 steps lost) and ends with the
+    weights of an uninterrupted run."""
+    data = make_image_folder(tmp_path / "d", classes=4, train=12, val=3)
+    flags = ["--data_path", data, "--epochs", 1, *TINY]
+    assert run_main([*flags, "--output-dir", tmp_path / "straight"]) == 0
+    out = tmp_path / "out"
+    cmd = [sys.executable, "main.py", *flags, "--output-dir", out, "--checkpoint-steps", 3]
+    killed = subprocess.run([str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "SERESNEXT_TEST_KILL_AT_STEP": "0:5"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert (f"=> mid-epoch checkpoint (epoch 0, step 3 of 6, global step 3): writing '{out / 'checkpoint.pth.tar'}' "
+            f"in the background") in killed.stdout
+    assert "Epoch: [0][4/6]" in killed.stdout and "FPS@all" not in killed.stdout  # killed mid-epoch, 5 steps done
+    ckpt = load(out / "checkpoint.pth.tar")
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["epoch_images"], ckpt["global_step"]) == (0, 3, 24, 3)
+    capsys.readouterr()
+    assert run_main([*flags, "--output-dir", out, "--auto-resume"]) == 0
+    resumed = capsys.readouterr().out.split("=> loaded checkpoint")[1]
+    assert "=> resuming epoch 0 at step 3 of 6 (global step 3)" in resumed
+    assert re.findall(r"^Epoch: \[0\]\[(\d)/6\]", resumed, re.M) == ["3", "4", "5"]  # 2 of the 5 steps done again
+    assert same_weights(load(out / "checkpoint.pth.tar")["state_dict"],
+                        load(tmp_path / "straight" / "checkpoint.pth.tar")["state_dict"]) == []

@@ -9,8 +9,8 @@ import torch
 
 import main
 from seresnext import data
-from seresnext.checkpoint import (CheckpointError, CheckpointWriter, find_latest_checkpoint, plain_data,
-                                  prepare_output_dir, restore_optimizer, save_training_checkpoint)
+from seresnext.checkpoint import (CheckpointError, CheckpointInterval, CheckpointWriter, find_latest_checkpoint,
+                                  plain_data, prepare_output_dir, restore_optimizer, save_training_checkpoint)
 from seresnext import devices
 from seresnext.devices import BFloat16Probe, Precision, StaticGradScaler, resolve_precision
 from seresnext.training_log import append_record
@@ -269,6 +269,32 @@ def test_auto_resume_picks_the_newest_checkpoint(tmp_path):
     os.utime(tmp_path / "checkpoint.pth.tar", (1, 1))
     assert find_latest_checkpoint(tmp_path).name == "model_best.pth.tar"
     assert torch.load(tmp_path / "model_best.pth.tar", weights_only=True)["args"] == {"p": str(tmp_path)}
+
+
+def test_mid_epoch_checkpoints_fall_due_every_n_global_steps_or_m_minutes_after_the_last_checkpoint():
+    now = [100.0]
+    clock = lambda: now[0]  # noqa: E731
+    by_steps = CheckpointInterval(steps=3, clock=clock)
+    assert [step for step in range(1, 10) if by_steps.due(step)] == [3, 6, 9]
+    by_time = CheckpointInterval(seconds=600.0, clock=clock)
+    now[0] += 599.0
+    assert not by_time.due(1)
+    now[0] += 1.0
+    assert by_time.due(2)
+    by_time.restart()  # any checkpoint, an epoch end's too, starts the interval again
+    now[0] += 300.0
+    assert not by_time.due(3)
+    assert not any(CheckpointInterval(clock=clock).due(step) for step in range(1, 5))  # off by default
+    with pytest.raises(ValueError, match="must not be negative"):
+        CheckpointInterval(steps=-1)
+
+
+@pytest.mark.parametrize("flag, message", [("--checkpoint-steps=-1", "--checkpoint-steps -1: must be 0 or more"),
+                                           ("--checkpoint-minutes=-5", "--checkpoint-minutes -5: must be 0 or more"),
+                                           ("--dist-timeout=0", "--dist-timeout 0: must be more than 0 seconds")])
+def test_bad_checkpoint_intervals_and_dist_timeouts_are_refused_with_one_line(tmp_path, capsys, flag, message):
+    assert run_main(["--synthetic", "--device", "cpu", "--output-dir", tmp_path, flag]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"main.py: error: {message}"]
 
 
 def test_background_checkpoint_holds_the_state_at_submit_and_reports_a_failed_write(tmp_path):

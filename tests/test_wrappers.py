@@ -78,13 +78,16 @@ def test_full_1p_prints_upstreams_summary_and_case_log(dataset, tmp_path):
     assert ("=> precision: float32 (--amp: this CPU has no native bfloat16; bfloat16 would be emulated and slower"
             in log and "--device cpu" in log)
     assert (tmp_path / "model_best.pth.tar").is_file()
+    assert torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)["args"]["checkpoint_minutes"] == 10
     # a rerun into the same folder starts a new run there, as upstream's wrappers did; --accum_steps=2 makes
-    # steps of 2 x 8 images, and BatchSize, the CaseName and TrainingTime count them
+    # steps of 2 x 8 images, and BatchSize, the CaseName and TrainingTime count them; main.py's flags pass through
     result = run_script(["bash", "test/train_full_1p.sh", f"--data_path={dataset}", f"--output_dir={tmp_path}",
-                         *QUICK, "--stop-step-num=1", "--accum_steps=2"])
+                         *QUICK, "--stop-step-num=1", "--accum_steps=2", "--checkpoint-steps=1",
+                         "--checkpoint-minutes=0"])
     assert result.returncode == 0, result.stdout + result.stderr
     saved = torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)
     assert saved["args"]["overwrite"] is True and (saved["args"]["accum_steps"], saved["global_step"]) == (2, 1)
+    assert (saved["args"]["checkpoint_steps"], saved["args"]["checkpoint_minutes"]) == (1, 0)
     fields = case_log("Se-ResNext-50-32x4d_bs16_1p_acc")
     fps = float(fields["ActualFPS"])
     assert fields["BatchSize"] == "16" and float(fields["TrainingTime"]) == pytest.approx(16 * 1000 / fps, abs=0.01)
