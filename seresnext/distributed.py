@@ -507,6 +507,7 @@ def is_peer_failure(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and any(
         marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "gloo/transport",
+                                      "Application timeout caused pair closure",  # gloo's own timeout fired first
                                       "NCCL communicator was aborted", "HCCL"))
 
 

@@ -349,3 +349,13 @@ def test_peer_watch_explains_a_failed_collective_by_the_heartbeats():
                                     "[10.0.0.2]:944: Connection reset by peer)")
     rank0.stop("peer")
     assert store.get("left/0") == b"peer" and not ended
+
+
+def test_collective_errors_of_a_lost_peer_are_told_from_bugs():
+    """gloo's own timeout can fire before the heartbeat watch does (a frozen peer): its error is a lost peer too,
+    so the rank ends with the one line, not a traceback."""
+    from seresnext.distributed import is_peer_failure
+    assert is_peer_failure(RuntimeError("Application timeout caused pair closure"))
+    assert is_peer_failure(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
+    assert not is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_peer_failure(ValueError("Connection closed by peer"))
