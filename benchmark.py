@@ -159,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         provider=args.provider, threads=args.threads, warmup=args.warmup, loaders=args.loaders,
         prefetch=args.prefetch, result_dir=args.result_dir, resume=args.resume)
     backend = open_backend(options)
+    warn_fallback(backend)
     if options.rounds and not options.input_text_path:
         rate, latencies, path, _ = run_pure_inference(options, backend)
         print(pure_summary_lines(rate, latencies, path, options.batch_size, backend.description), end="")
@@ -192,6 +193,7 @@ def run_ais_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         dump_dir=prefix, dump_suffix="_0", dump_format=OUTFMT[args.outfmt], save_outputs=prefix is not None,
         write_perf=False, input_label="--input", resume=args.resume)
     backend = open_backend(options)
+    warn_fallback(backend)
     shape = backend.input_shape  # ais_bench takes the sizes from the model
     batch = args.batchsize or (shape[0] if shape and shape[0] else 1)
     if len(shape) == 4 and shape[2] and shape[3]:
@@ -209,6 +211,12 @@ def run_ais_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _write_ais_summary(result.batch_latencies_ms, options.batch_size, result.written, prefix, argv)
     print(f"[INFO] {result.images} images, {result.backend}\n{resume_line(result)}", end="")
     return _report_failures(result, "--input")
+
+
+def warn_fallback(backend) -> None:
+    """``-provider=auto`` could not start the GPU provider: one line saying what runs instead and why."""
+    if backend.warning:
+        print(f"[WARN] {backend.warning}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

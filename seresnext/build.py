@@ -40,6 +40,7 @@ import onnx
 
 from .aipp import AIPP_METADATA_KEY, insert_aipp, load_aipp_config
 from .formats import atomic_write, read_bin
+from .runner import provider_problem
 
 __all__ = ["BuildError", "BuildOptions", "build", "parse_input_shape", "describe_input", "regroup_convs",
            "nchwc_block_size", "BUILD_METADATA_KEY", "main"]
@@ -270,14 +271,25 @@ def _optimize(model: onnx.ModelProto, options: BuildOptions, workdir: Path) -> o
     session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
                                                        OPTIMIZATION_LEVELS[options.optimization])
     session_options.optimized_model_filepath = str(optimized)
-    ort.InferenceSession(str(source), session_options, providers=[provider])
+    _session(str(source), options.target, session_options)
     return onnx.load(optimized)
 
 
-def _run(model_bytes: bytes, feed: np.ndarray, provider: str) -> np.ndarray:
+def _session(model: str | bytes, target: str, session_options=None):
+    """An ONNX Runtime session on ``--target``'s provider, refused when ONNX Runtime falls back to another one
+    (it lists CUDA even where CUDA's libraries are missing: :func:`seresnext.runner.provider_problem`)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model_bytes, providers=[provider])
+    provider = TARGET_PROVIDERS[target]
+    session = ort.InferenceSession(model, session_options, providers=[provider])
+    problem = provider_problem(session, provider)
+    if problem:
+        raise BuildError(f"--target={target}: {problem}; nothing was written")
+    return session
+
+
+def _run(model_bytes: bytes, feed: np.ndarray, target: str) -> np.ndarray:
+    session = _session(model_bytes, target)
     return session.run(None, {session.get_inputs()[0].name: feed})[0]
 
 
@@ -355,17 +367,17 @@ def _verify(reference: onnx.ModelProto, built: bytes, config, shape: list[int], 
     first calibration batch (real images: random inputs say nothing about a quantized model)."""
     from .aipp import apply_aipp_reference
 
-    provider = TARGET_PROVIDERS[options.target]
+    target = options.target
     rng = np.random.default_rng(0)
     if options.precision == "int8":
         if config is not None:
             log("build: int8 with AIPP: measure its top-1 agreement on real images with the runner")
-            _run(built, np.zeros(config.input_shape(shape[0]), np.uint8), provider)
+            _run(built, np.zeros(config.input_shape(shape[0]), np.uint8), target)
             return
         files = sorted(Path(options.calib_dir).glob("*.bin"))[:shape[0]]
         feed = _BinCalibrationReader(files, "", shape).get_next()[""]
-        expected = _run(reference.SerializeToString(), feed, provider)
-        actual = _run(built, feed, provider)
+        expected = _run(reference.SerializeToString(), feed, target)
+        actual = _run(built, feed, target)
         agree = float(np.mean(actual.argmax(1) == expected.argmax(1)))
         log(f"build: int8 vs fp32 top-1 agreement on the first {len(files)} calibration images: {agree:.0%}")
         return
@@ -375,8 +387,8 @@ def _verify(reference: onnx.ModelProto, built: bytes, config, shape: list[int], 
     else:
         feed = rng.integers(0, 256, size=config.input_shape(shape[0]), dtype=np.uint8)
         model_input = apply_aipp_reference(config, feed)
-    expected = _run(reference.SerializeToString(), model_input, provider)
-    actual = _run(built, feed, provider)
+    expected = _run(reference.SerializeToString(), model_input, target)
+    actual = _run(built, feed, target)
     diff = float(np.abs(actual - expected).max())
     scale = float(np.abs(expected).max()) or 1.0
     if not diff <= 1e-4 * max(1.0, scale):

@@ -14,7 +14,9 @@ Formats (upstream's, byte for byte where upstream defined the bytes):
 * ``val_label.txt``: ``ILSVRC2012_val_00000001.JPEG 65`` per line (0-based class).
 * ``result.json``: upstream's ``json.dump`` of ``{"title": ..., "value": [{"key": ..., "value": ...}, ...]}``.
 * perf file ``perf_vision_batchsize_<bs>_device_<id>.txt``: the five ``[stage] throughputRate: ...`` lines, then
-  ours in the same form: ``[images] processed: N, skipped: M, failed: F``.
+  ours in the same form: ``[images] processed: N, skipped: M, failed: F`` and ``[backend] provider: P[, device:
+  D]`` (what really ran: ONNX Runtime can fall back to the CPU). The pure-inference perf file has its one line,
+  then the same ``[backend]`` line.
 * ais_bench's ``<run>_summary.json``: throughput and ``NPU_compute_time`` statistics (ms).
 
 Everything is written atomically (temporary file in the same folder, then rename), so a crash never leaves
@@ -44,7 +46,8 @@ __all__ = [
     "parse_dump_name", "image_name_of_dump", "list_dumps", "dump_is_complete",
     "read_val_label", "write_val_label",
     "result_json_dict", "write_result_json", "read_result_json",
-    "PerfStats", "perf_file_name", "perf_lines", "write_perf_file", "read_perf_file", "PURE_INFER_PREFIX",
+    "PerfStats", "perf_file_name", "perf_lines", "backend_line", "write_perf_file", "read_perf_file",
+    "PURE_INFER_PREFIX",
     "read_pure_infer_perf_file",
     "pure_infer_perf_file_name", "pure_infer_summary", "write_pure_infer_perf_file",
     "ais_summary_dict", "ais_summary_lines", "write_ais_summary", "read_ais_summary",
@@ -505,6 +508,8 @@ class PerfStats:
     processed: int | None = None
     skipped: int = 0
     failed: int = 0
+    provider: str = ""  # what ran, e.g. CUDAExecutionProvider (empty: not known, no [backend] line)
+    provider_device: int | None = None  # its device index, on a GPU or NPU
 
 
 def perf_file_name(batch_size: int, device_id: int) -> str:
@@ -515,9 +520,18 @@ def _rate(ms_per_image: float) -> float:
     return 1000.0 / ms_per_image if ms_per_image > 0 else 0.0
 
 
+def backend_line(provider: str, device: int | None = None) -> str:
+    """Ours: ``[backend] provider: CUDAExecutionProvider, device: 0`` (the provider that really ran); empty
+    when ``provider`` is not known."""
+    if not provider:
+        return ""
+    return f"[backend] provider: {provider}" + ("" if device is None else f", device: {device}") + "\n"
+
+
 def perf_lines(stats: PerfStats, console: bool = False) -> str:
     """Upstream's five perf lines (``%g`` numbers, as benchmark.x86_64 printed them), then ours when the image
-    counts are set: ``[images] processed: 37, skipped: 13, failed: 0``, in the same form, so that parsers of
+    counts are set: ``[images] processed: 37, skipped: 13, failed: 0``, and when the provider is known
+    ``[backend] provider: CPUExecutionProvider`` (:func:`backend_line`), in the same form, so that parsers of
     upstream's lines (by stage name or by line number) read the file as before.
 
     The file says ``[infer]`` / ``[post]``; benchmark.x86_64's console summary said ``[inference]`` /
@@ -535,7 +549,8 @@ def perf_lines(stats: PerfStats, console: bool = False) -> str:
             f"[{post}] throughputRate: {g(_rate(stats.post_ms_per_image))}, "
             f"moduleLatency: {g(stats.post_ms_per_image)}\n"
             + ("" if stats.processed is None else
-               f"[images] processed: {stats.processed}, skipped: {stats.skipped}, failed: {stats.failed}\n"))
+               f"[images] processed: {stats.processed}, skipped: {stats.skipped}, failed: {stats.failed}\n")
+            + ("" if console else backend_line(stats.provider, stats.provider_device)))
 
 
 def write_perf_file(path: str | PathLike, stats: PerfStats) -> str:
@@ -548,8 +563,9 @@ def write_perf_file(path: str | PathLike, stats: PerfStats) -> str:
 _PERF_LINE = re.compile(r"^\[(?P<stage>[a-z0-9 ]+)\] (?P<fields>.*)$")
 
 
-def read_perf_file(path: str | PathLike) -> dict[str, dict[str, float]]:
-    """``{stage: {field: value}}``, e.g. ``read_perf_file(p)["infer"]["Interface throughputRate"]``."""
+def read_perf_file(path: str | PathLike) -> dict[str, dict[str, float | str]]:
+    """``{stage: {field: value}}``, e.g. ``read_perf_file(p)["infer"]["Interface throughputRate"]``; numbers
+    as floats, the ``[backend]`` line's provider as text (``read_perf_file(p)["backend"]["provider"]``)."""
     stages: dict[str, dict[str, float]] = {}
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         match = _PERF_LINE.match(line.strip())
@@ -561,7 +577,9 @@ def read_perf_file(path: str | PathLike) -> dict[str, dict[str, float]]:
             try:
                 fields[key] = float(value)
             except ValueError:
-                raise FormatError(f"{path}:{number}: {part!r} is not 'name: number'") from None
+                if match.group("stage") != "backend" or not value:
+                    raise FormatError(f"{path}:{number}: {part!r} is not 'name: number'") from None
+                fields[key] = value
         stages[match.group("stage")] = fields
     return stages
 
@@ -579,7 +597,7 @@ def pure_infer_summary(rate: float) -> str:
 
 
 def read_pure_infer_perf_file(path: str | PathLike) -> float:
-    """The images/s of a pure-inference perf file (:func:`write_pure_infer_perf_file`)."""
+    """The images/s of a pure-inference perf file (:func:`write_pure_infer_perf_file`; its first line)."""
     text = Path(path).read_text(encoding="utf-8")
     match = re.match(r"ave_throughputRate = ([0-9.eE+-]+)samples/s", text)
     if not match:
@@ -587,9 +605,11 @@ def read_pure_infer_perf_file(path: str | PathLike) -> float:
     return float(match.group(1))
 
 
-def write_pure_infer_perf_file(path: str | PathLike, rate: float) -> str:
-    """Write ``result/PureInfer_perf_of_<model>_in_device_<id>.txt`` (``-round=N`` without data)."""
-    text = pure_infer_summary(rate)
+def write_pure_infer_perf_file(path: str | PathLike, rate: float, provider: str = "",
+                               provider_device: int | None = None) -> str:
+    """Write ``result/PureInfer_perf_of_<model>_in_device_<id>.txt`` (``-round=N`` without data): upstream's
+    line, then ours naming the provider that ran (:func:`backend_line`)."""
+    text = pure_infer_summary(rate) + backend_line(provider, provider_device)
     atomic_write(path, text)
     return text
 

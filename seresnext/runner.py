@@ -44,7 +44,7 @@ from .info import InfoError, list_files
 
 __all__ = ["RunnerError", "RunInterrupted", "RunnerOptions", "RunResult", "Backend", "OrtBackend", "OpenVinoBackend",
            "AscendBackend", "open_backend", "openvino_available", "run_dataset", "run_pure_inference",
-           "entries_from_inputs", "resume_line", "OM_HELP", "PROVIDERS"]
+           "entries_from_inputs", "resume_line", "provider_problem", "ProviderNotStarted", "OM_HELP", "PROVIDERS"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -58,6 +58,15 @@ OM_HELP = ("{path} is an Ascend offline model (.om); running it needs Ascend's r
 
 class RunnerError(ValueError):
     """A flag, model or input the runner cannot use; the message names the flag or the file."""
+
+
+class ProviderNotStarted(RunnerError):
+    """ONNX Runtime listed the provider asked for, but the session runs on another (see :func:`provider_problem`);
+    ``reason`` says so without the flags."""
+
+    def __init__(self, flags: str, reason: str):
+        super().__init__(f"{flags}: {reason}")
+        self.reason = reason
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -113,6 +122,9 @@ class Backend:
     metadata: dict[str, str]
     description: str
     parallel_requests: int = 1
+    provider: str = ""  # what really runs the model, for the perf file's [backend] line (empty: not known)
+    provider_device: int | None = None  # its device index, on a GPU or NPU
+    warning: str = ""  # -provider=auto fell back from a better provider: one line saying which runs and why
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -151,6 +163,11 @@ class OrtBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise RunnerError(f"-om_path={path}: ONNX Runtime cannot load it ({first})") from None
+        on_gpu = chosen in ("cuda", "tensorrt")
+        problem = provider_problem(self.session, PROVIDERS[chosen], device_id if on_gpu else None)
+        if problem:
+            device = f" -device_id={device_id}" if on_gpu and device_id else ""
+            raise ProviderNotStarted(f"-provider={provider}{device}", problem)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise RunnerError(f"-om_path={path}: the runner feeds one input, the model has {len(inputs)}")
@@ -164,8 +181,10 @@ class OrtBackend(Backend):
         self.output_name = self.session.get_outputs()[0].name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         used = self.session.get_providers()[0]
+        self.provider, self.provider_device = used, device_id if on_gpu else None
         threads_text = f", {threads} intra-op threads" if threads > 0 else ""
-        self.description = f"ONNX Runtime {ort.__version__} {used}{threads_text}"
+        device_text = f" (device {device_id})" if on_gpu else ""
+        self.description = f"ONNX Runtime {ort.__version__} {used}{device_text}{threads_text}"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         try:
@@ -173,6 +192,26 @@ class OrtBackend(Backend):
         except Exception as exc:  # onnxruntime's own exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise RunnerError(f"ONNX Runtime failed on a batch of shape {list(batch.shape)}: {first}") from None
+
+
+def provider_problem(session, wanted: str, device_id: int | None = None) -> str | None:
+    """Why an ONNX Runtime ``session`` does not run on ``wanted`` (on device ``device_id``), or None when it does.
+
+    ``get_available_providers()`` lists what this ONNX Runtime was built with: onnxruntime-gpu lists CUDA and
+    TensorRT even where their libraries are missing, and a session then falls back to the next provider with
+    only an error in the log (for TensorRT it retries without the provider options, so on device 0).
+    """
+    running = list(session.get_providers())
+    if not running or running[0] != wanted:
+        return (f"ONNX Runtime lists {wanted} but could not start it, so the model would run on "
+                f"{running[0] if running else 'no provider'} (the CUDA, cuDNN or TensorRT libraries it loads are "
+                f"missing or do not match it: its log above says which)")
+    if device_id is not None:
+        options = getattr(session, "get_provider_options", dict)().get(wanted, {})
+        actual = options.get("device_id")
+        if actual is not None and str(actual) != str(device_id):
+            return f"ONNX Runtime started {wanted} on device {actual}, not on device {device_id}"
+    return None
 
 
 def openvino_available() -> bool:
@@ -238,6 +277,7 @@ class OpenVinoBackend(Backend):
         for _ in range(self.parallel_requests):
             self._requests.put(self.compiled.create_infer_request())
         streams = self.compiled.get_property("NUM_STREAMS")
+        self.provider = "OpenVINO CPU"
         self.description = (f"OpenVINO {ov.get_version().split('-')[0]} CPU, float32, {streams} stream(s), "
                             f"{self.compiled.get_property('INFERENCE_NUM_THREADS')} threads")
 
@@ -271,6 +311,7 @@ class AscendBackend(Backend):
         self.input_dtype = np.dtype(np.uint8 if "uint8" in str(model_input.datatype).lower() else np.float32)
         self.metadata = {}
         self.description = f"Ascend runtime (ais_bench), device {device_id}"
+        self.provider, self.provider_device = "Ascend runtime", device_id
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.infer([batch])[0])
@@ -283,10 +324,24 @@ def open_backend(options: RunnerOptions) -> Backend:
     if path.endswith(".om"):
         return AscendBackend(path, options.device_id)
     provider = options.provider
+    fallback = ""
     if provider == "auto":  # a GPU first; on the CPU OpenVINO when installed (faster than ONNX Runtime here)
         import onnxruntime as ort
-        on_gpu = PROVIDERS["cuda"] in ort.get_available_providers()
-        provider = "cuda" if on_gpu else "openvino" if openvino_available() else "cpu"
+        if PROVIDERS["cuda"] in ort.get_available_providers():
+            try:
+                return OrtBackend(path, "cuda", options.device_id, options.threads)
+            except ProviderNotStarted as exc:
+                fallback = exc.reason
+        provider = "openvino" if openvino_available() else "cpu"
+    backend = _backend_for(path, provider, options)
+    if fallback:
+        backend.warning = f"-provider=auto: running on {backend.provider}, not on the GPU: {fallback}"
+    return backend
+
+
+def _backend_for(path: str, provider: str, options: RunnerOptions) -> Backend:
+    """The backend of an explicit ``-provider``, or of ``auto`` on the CPU (OpenVINO when it can convert the
+    model, else ONNX Runtime)."""
     if provider == "openvino":
         if not openvino_available():
             raise RunnerError("-provider=openvino: the openvino package is not installed (pip install openvino)")
@@ -657,7 +712,8 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
         interface_rate=result.images * options.loop / infer_seconds if infer_seconds else 0.0,
         infer_ms_per_batch=infer_seconds * 1000.0 / max(len(result.batch_latencies_ms), 1),
         post_ms_per_image=timings["post"] * 1000.0 / images,
-        processed=result.images, skipped=result.skipped, failed=len(result.failed))
+        processed=result.images, skipped=result.skipped, failed=len(result.failed),
+        provider=backend.provider, provider_device=backend.provider_device)
     result.stats = stats
     result.failed.sort(key=_line_order)
     if options.write_perf:
@@ -732,7 +788,7 @@ def run_pure_inference(options: RunnerOptions, backend: Backend | None = None,
         return rate, latencies, None, pure_infer_summary(rate)
     path = Path(options.result_dir) / pure_infer_perf_file_name(options.om_path, options.device_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = write_pure_infer_perf_file(path, rate)
+    text = write_pure_infer_perf_file(path, rate, backend.provider, backend.provider_device)
     return rate, latencies, path, text
 
 

@@ -194,13 +194,16 @@ def test_bin_run_writes_one_dump_per_image_with_a_partial_last_batch(work, tmp_p
         np.testing.assert_allclose(read_dump(path), expected[row], atol=1e-4)
     perf_path = tmp_path / "result" / "perf_vision_batchsize_4_device_0.txt"
     lines = perf_path.read_text().splitlines()
-    assert len(lines) == 6  # upstream's five, then the image counts in the same form
+    assert len(lines) == 7  # upstream's five, then the image counts and the backend in the same form
     for line, pattern in zip(lines, PERF_LINE.values()):
         assert __import__("re").fullmatch(pattern, line), line
     assert lines[5] == "[images] processed: 10, skipped: 0, failed: 0"
+    ran = "OpenVINO CPU" if provider == "openvino" else "CPUExecutionProvider"
+    assert lines[6] == f"[backend] provider: {ran}"
     perf = read_perf_file(perf_path)
     assert perf["e2e"]["throughputRate"] > 0 and perf["infer"]["moduleLatency"] > 0
     assert perf["images"] == {"processed": 10, "skipped": 0, "failed": 0}
+    assert perf["backend"] == {"provider": ran}
     assert "-----------------Performance Summary------------------" in out
     assert "[inference] throughputRate:" in out and "p50" in out and "p99" in out and "10 images" in out
     assert ("OpenVINO" if provider == "openvino" else "ONNX Runtime") in out
@@ -507,7 +510,8 @@ def test_pure_inference_mode_reports_model_throughput(work, tmp_path):
     assert status == 0, err
     assert out.count("[INFO] Dataset number:") == 3 and "ave_throughputRate:" in out
     text = (tmp_path / "result" / "PureInfer_perf_of_tiny_4_in_device_0.txt").read_text()
-    assert __import__("re").fullmatch(r"ave_throughputRate = [\d.]+samples/s, ave_latency = [\d.]+ms\n", text)
+    assert __import__("re").fullmatch(r"ave_throughputRate = [\d.]+samples/s, ave_latency = [\d.]+ms\n"
+                                      r"\[backend\] provider: (OpenVINO CPU|CPUExecutionProvider)\n", text), text
 
 
 def test_atc_script_builds_both_onnx_models_without_atc(work, tmp_path):
