@@ -21,7 +21,8 @@ command line to whichever is installed. What it does, in order:
    Layout optimizations are specific to the CPU they were made on (ONNX Runtime's docs), so they are saved
    only with ``--optimization=all`` and otherwise run online;
 6. checks the built model against the source on a random batch (fp32: max abs diff; int8: top-1
-   agreement) and writes ``<output>.onnx`` atomically, with what was done in its metadata.
+   agreement), on the target's provider (CUDA with TF32 off, so that float32's tolerance holds), and writes
+   ``<output>.onnx`` atomically, with what was done in its metadata.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import onnx
 
 from .aipp import AIPP_METADATA_KEY, insert_aipp, load_aipp_config
 from .formats import atomic_write, read_bin
-from .runner import provider_problem
+from .runner import CUDA_OPTIONS, provider_problem
 
 __all__ = ["BuildError", "BuildOptions", "build", "parse_input_shape", "describe_input", "regroup_convs",
            "nchwc_block_size", "BUILD_METADATA_KEY", "main"]
@@ -277,11 +278,13 @@ def _optimize(model: onnx.ModelProto, options: BuildOptions, workdir: Path) -> o
 
 def _session(model: str | bytes, target: str, session_options=None):
     """An ONNX Runtime session on ``--target``'s provider, refused when ONNX Runtime falls back to another one
-    (it lists CUDA even where CUDA's libraries are missing: :func:`seresnext.runner.provider_problem`)."""
+    (it lists CUDA even where CUDA's libraries are missing: :func:`seresnext.runner.provider_problem`). CUDA runs
+    with TF32 off (:data:`seresnext.runner.CUDA_OPTIONS`), so that verification keeps float32's tolerance."""
     import onnxruntime as ort
 
     provider = TARGET_PROVIDERS[target]
-    session = ort.InferenceSession(model, session_options, providers=[provider])
+    providers = [(provider, dict(CUDA_OPTIONS))] if target == "cuda" else [provider]
+    session = ort.InferenceSession(model, session_options, providers=providers)
     problem = provider_problem(session, provider)
     if problem:
         raise BuildError(f"--target={target}: {problem}; nothing was written")
@@ -367,7 +370,7 @@ def _verify(reference: onnx.ModelProto, built: bytes, config, shape: list[int], 
     first calibration batch (real images: random inputs say nothing about a quantized model)."""
     from .aipp import apply_aipp_reference
 
-    target = options.target
+    target = options.target  # CUDA runs with TF32 off, so float32's tolerance holds (see _session)
     rng = np.random.default_rng(0)
     if options.precision == "int8":
         if config is not None:

@@ -44,11 +44,15 @@ from .info import InfoError, list_files
 
 __all__ = ["RunnerError", "RunInterrupted", "RunnerOptions", "RunResult", "Backend", "OrtBackend", "OpenVinoBackend",
            "AscendBackend", "open_backend", "openvino_available", "run_dataset", "run_pure_inference",
-           "entries_from_inputs", "resume_line", "provider_problem", "ProviderNotStarted", "OM_HELP", "PROVIDERS"]
+           "entries_from_inputs", "resume_line", "provider_problem", "ProviderNotStarted", "OM_HELP", "PROVIDERS",
+           "CUDA_OPTIONS"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
 """``-provider`` values that run on ONNX Runtime; ``openvino`` runs on OpenVINO (CPU), ``auto`` picks."""
+CUDA_OPTIONS = {"use_tf32": 0}
+"""CUDA provider options where outputs are compared with float32 references (the build's verification): ONNX
+Runtime's CUDA provider runs convolutions in TF32 by default, about 1e-3 relative error."""
 OM_HELP = ("{path} is an Ascend offline model (.om); running it needs Ascend's runtime (CANN with the "
            "ais_bench Python package: `from ais_bench.infer.interface import InferSession`), which is not "
            "installed here. On this machine build the ONNX equivalent instead: `bash se_resnext50_32x4d_atc.sh` "

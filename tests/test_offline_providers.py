@@ -127,3 +127,15 @@ def test_a_cuda_build_that_falls_back_to_the_cpu_is_refused_and_writes_nothing(t
         build.main([f"--model={model}", f"--output={tmp_path / 'tiny_cuda_2'}", "--input_shape=image:2,3,8,8",
                     "--target=cuda"])
     assert not (tmp_path / "tiny_cuda_2.onnx").exists()
+
+
+def test_a_cuda_build_is_verified_with_tf32_off(tmp_path, monkeypatch):
+    """ONNX Runtime's CUDA provider runs convolutions in TF32 by default: the float32 tolerance would reject a
+    correct build."""
+    model = tiny_model(tmp_path / "tiny.onnx", batch="N")
+    asked = fake_gpu_runtime(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    build.main([f"--model={model}", f"--output={tmp_path / 'tiny_cuda_2'}", "--input_shape=image:2,3,8,8",
+                "--target=cuda"])
+    assert (tmp_path / "tiny_cuda_2.onnx").is_file()
+    assert len(asked) == 3  # the optimization, then the source and the build on the same batch
+    assert all(providers == [("CUDAExecutionProvider", {"use_tf32": 0})] for providers in asked), asked
