@@ -225,8 +225,8 @@ def check_output_dir(args: argparse.Namespace, first_process: bool) -> None:
 def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None,
                 precision: Precision) -> int:
     """One training (or evaluation) process: device, data, model, loss, optimizer, AMP, resume, DDP, loop."""
-    ctx = init_distributed(plan, process_index, backend or "gloo", dist_url=args.dist_url, addr=args.addr,
-                           port=args.port, timeout=args.dist_timeout, on_lost=report_lost_peer)
+    ctx = init_distributed(plan, process_index, backend or "gloo", device_type=args.device, dist_url=args.dist_url,
+                           addr=args.addr, port=args.port, timeout=args.dist_timeout, on_lost=report_lost_peer)
     try:
         printer = Printer(ctx, progress_bar=sys.stdout.isatty())
         device = make_device(args.device, ctx.device_index)

@@ -37,7 +37,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .devices import Precision, dist_backend_for
+from .devices import Precision, dist_backend_for, make_device
 
 __all__ = ["DistContext", "LaunchPlan", "parse_device_list", "torchrun_env", "plan_launch", "choose_backend",
            "init_distributed", "join_round", "own_client", "shutdown", "wrap_ddp", "all_reduce_sum", "all_reduce_max",
@@ -144,15 +144,18 @@ def choose_backend(device_type: str, requested: str | None) -> str:
     return requested
 
 
-def init_distributed(plan: LaunchPlan, process_index: int, backend: str, *, dist_url: str = "",
-                     addr: str = "", port: str = "", timeout: float = DEFAULT_DIST_TIMEOUT,
+def init_distributed(plan: LaunchPlan, process_index: int, backend: str, *, device_type: str = "cpu",
+                     dist_url: str = "", addr: str = "", port: str = "", timeout: float = DEFAULT_DIST_TIMEOUT,
                      on_lost: Callable[[str], None] | None = None,
                      env: Mapping[str, str] = os.environ) -> DistContext:
-    """Join the process group (when the plan has more than one process) and describe this process.
+    """Make this process's device current, then join the process group (when the plan has more than one
+    process) and describe this process.
 
-    Rendezvous, store operations and collectives wait at most ``timeout`` seconds for a peer. A
-    :class:`PeerWatch` is started; ``on_lost(finding)`` prints the line it ends the process with when it finds
-    a peer lost (see :meth:`PeerWatch.report`)."""
+    The device comes first and nccl / hccl get it as ``device_id`` (as PyTorch recommends for NCCL): the
+    communicator is then bound to this process's device from the start, not to device 0 or to whatever device
+    was current when the first collective ran. Rendezvous, store operations and collectives wait at most
+    ``timeout`` seconds for a peer. A :class:`PeerWatch` is started; ``on_lost(finding)`` prints the line it ends
+    the process with when it finds a peer lost (see :meth:`PeerWatch.report`)."""
     if plan.mode == "torchrun":
         launched = torchrun_env(env)
         local = launched["LOCAL_RANK"]
@@ -170,6 +173,7 @@ def init_distributed(plan: LaunchPlan, process_index: int, backend: str, *, dist
             os.environ["MASTER_ADDR"] = addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
             os.environ["MASTER_PORT"] = str(port or os.environ.get("MASTER_PORT", "29500"))
             init_method = "env://"
+    device = make_device(device_type, device_index)
     if world <= 1:
         return DistContext(device_index=device_index)
     wait = timedelta(seconds=timeout)
@@ -185,7 +189,7 @@ def init_distributed(plan: LaunchPlan, process_index: int, backend: str, *, dist
     prefix, end_round = join_round(store, rank, world, wait) if plan.mode == "torchrun" else ("/seresnext", None)
     try:
         dist.init_process_group(backend=backend, store=dist.PrefixStore(f"{prefix}/default_pg", store),
-                                world_size=world, rank=rank, timeout=wait)
+                                world_size=world, rank=rank, timeout=wait, **_bound_to(device, backend))
     finally:
         if end_round is not None:
             end_round()
@@ -196,6 +200,16 @@ def init_distributed(plan: LaunchPlan, process_index: int, backend: str, *, dist
                       else "rank 0")
     watch.start()
     return DistContext(rank, world, local, plan.procs_per_node, device_index, backend, watch)
+
+
+def _bound_to(device: torch.device, backend: str) -> dict:
+    """``init_process_group``'s ``device_id`` for a backend that drives one device per process (nccl, hccl),
+    where this torch's ``init_process_group`` takes it (2.3 and later)."""
+    if backend not in ("nccl", "hccl") or device.type == "cpu":
+        return {}
+    if "device_id" not in inspect.signature(dist.init_process_group).parameters:
+        return {}
+    return {"device_id": device}
 
 
 def own_client(store):
