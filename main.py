@@ -27,12 +27,12 @@ from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, C
                                   apply_state_dict, earlier_run_files, find_latest_checkpoint, load_model_weights,
                                   load_training_checkpoint, plain_data, prepare_output_dir, remove_stale_temporaries,
                                   restore_optimizer, CheckpointWriter)
-from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, make_device, normalize_device_type,
-                               resolve_precision)
+from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, device_count, make_device,
+                               normalize_device_type, resolve_precision)
 from seresnext import memory
-from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DistContext, LaunchPlan, PeerLostError, agree_on_precision,
-                                   any_rank, average_buffers, choose_backend, init_distributed, is_peer_failure,
-                                   plan_launch, shutdown, spawn_workers, wrap_ddp)
+from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DeviceListError, DistContext, LaunchPlan, PeerLostError,
+                                   agree_on_precision, any_rank, average_buffers, check_device_ids, choose_backend,
+                                   init_distributed, is_peer_failure, plan_launch, shutdown, spawn_workers, wrap_ddp)
 from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, cosine_lr,
                               check_finite_weights, evaluate, train_one_epoch)
 from seresnext.model import se_resnext50_32x4d
@@ -193,6 +193,7 @@ def main(args: argparse.Namespace) -> int:
     data.parse_progressive_sizes(args.progressive_sizes, args.image_size)
     plan = plan_launch(multiprocessing_distributed=args.multiprocessing_distributed, device_list=args.device_list,
                        world_size=args.world_size, rank=args.rank, gpu=args.gpu)
+    check_device_ids(plan, args.device, device_count(args.device), device_list=args.device_list, gpu=args.gpu)
     backend = choose_backend(args.device, args.dist_backend) if plan.distributed else None
     if not args.synthetic:
         data.check_image_folder(args.data_path, ("val",) if args.evaluate else ("train", "val"))
@@ -596,6 +597,9 @@ def run(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         return main(args)
+    except DeviceListError as exc:  # a usage error, as argparse's
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except KNOWN_ERRORS as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return 1

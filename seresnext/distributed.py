@@ -39,7 +39,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .devices import Precision, dist_backend_for, make_device
 
-__all__ = ["DistContext", "LaunchPlan", "parse_device_list", "torchrun_env", "plan_launch", "choose_backend",
+__all__ = ["DistContext", "LaunchPlan", "parse_device_list", "torchrun_env", "plan_launch", "check_device_ids",
+           "DeviceListError", "choose_backend",
            "init_distributed", "join_round", "own_client", "shutdown", "wrap_ddp", "all_reduce_sum", "all_reduce_max",
            "any_rank", "agree_on_precision", "average_buffers", "is_peer_failure", "short_error", "spawn_workers",
            "PeerWatch", "PeerLostError", "DEFAULT_DIST_TIMEOUT"]
@@ -131,6 +132,51 @@ def plan_launch(*, multiprocessing_distributed: bool, device_list: str, world_si
     return LaunchPlan("single", 1, 1, 0, (gpu or 0,))
 
 
+class DeviceListError(ValueError):
+    """``--device-list`` / ``--gpu`` (or torchrun's layout) name devices this machine does not have."""
+
+
+def _present(device_type: str, count: int) -> str:
+    if count <= 0:
+        return f"no {device_type} device"
+    return f"{count} {device_type} device{'s' if count > 1 else ''} ({', '.join(map(str, range(count)))})"
+
+
+def _local_device_index(plan: LaunchPlan, local_rank: int) -> int:
+    """The device a process drives: its entry of ``--device-list``, or its local rank past the list's end."""
+    return plan.device_ids[local_rank] if local_rank < len(plan.device_ids) else local_rank
+
+
+def check_device_ids(plan: LaunchPlan, device_type: str, count: int, *, device_list: str, gpu: int | None,
+                     env: Mapping[str, str] = os.environ) -> None:
+    """Before any process starts: every device this node's processes will drive must exist (``count`` devices of
+    ``device_type``), so that a wrong list is one line and not one "invalid device ordinal" traceback per rank.
+    The cpu has no device ids."""
+    if device_type == "cpu":
+        return
+    present = _present(device_type, count)
+    if plan.mode == "spawn":
+        ids = plan.device_ids
+        if len(ids) > count:
+            raise DeviceListError(f"--device-list={device_list} names {len(ids)} devices (one process each with "
+                                  f"--multiprocessing-distributed) but this machine has {present}")
+        missing = [index for index in ids if index >= count]
+        if missing:
+            raise DeviceListError(f"--device-list={device_list} names device {missing[0]} but this machine has "
+                                  f"{present}")
+    elif plan.mode == "torchrun":
+        if plan.procs_per_node > count:
+            raise DeviceListError(f"torchrun starts {plan.procs_per_node} processes on this node (--nproc_per_node) "
+                                  f"but this machine has {present}")
+        local = torchrun_env(env)["LOCAL_RANK"]
+        index = _local_device_index(plan, local)
+        if index >= count:
+            raise DeviceListError(f"--device-list={device_list} gives local rank {local} device {index} but this "
+                                  f"machine has {present}")
+    elif not 0 <= plan.device_ids[0] < count:
+        raise DeviceListError(f"--gpu={plan.device_ids[0]}: this machine has {present}")
+
+
 def choose_backend(device_type: str, requested: str | None) -> str:
     """hccl / nccl / gloo by device; a requested backend must suit the device."""
     if not requested:
@@ -160,7 +206,7 @@ def init_distributed(plan: LaunchPlan, process_index: int, backend: str, *, devi
         launched = torchrun_env(env)
         local = launched["LOCAL_RANK"]
         rank, world = launched["RANK"], launched["WORLD_SIZE"]
-        device_index = plan.device_ids[local] if local < len(plan.device_ids) else local
+        device_index = _local_device_index(plan, local)
         init_method = "env://"
     else:
         local = process_index

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from seresnext import distributed
+import main
+from seresnext import devices, distributed
 from seresnext.distributed import LaunchPlan, init_distributed, shutdown
 
 
@@ -39,3 +40,47 @@ def test_the_device_is_set_before_the_process_group_and_nccl_or_hccl_is_bound_to
             assert (events[1][2].type, events[1][2].index) == (device_type, 5) and len(events) == 2
     finally:
         shutdown(ctx)
+
+
+@pytest.fixture
+def one_cuda_device(monkeypatch):
+    """A machine with one CUDA device; nothing may be spawned or run."""
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+    monkeypatch.setattr(main, "device_count", lambda device_type: 1 if device_type == "cuda" else 0)
+
+    def never(*args, **kwargs):
+        raise AssertionError("started a process or a worker")
+
+    monkeypatch.setattr(main, "spawn_workers", never)
+    monkeypatch.setattr(main, "run_worker", never)
+    for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("flags, env, message", [
+    (["--multiprocessing-distributed"], {},
+     "--device-list=0,1,2,3,4,5,6,7 names 8 devices (one process each with --multiprocessing-distributed) but this "
+     "machine has 1 cuda device (0)"),
+    (["--multiprocessing-distributed", "--device-list", "1"], {},
+     "--device-list=1 names device 1 but this machine has 1 cuda device (0)"),
+    (["--gpu", "2"], {}, "--gpu=2: this machine has 1 cuda device (0)"),
+    ([], {"LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"},
+     "torchrun starts 2 processes on this node (--nproc_per_node) but this machine has 1 cuda device (0)"),
+])
+def test_device_lists_beyond_the_devices_present_are_one_line_before_anything_starts(one_cuda_device, monkeypatch,
+                                                                                      capsys, tmp_path, flags, env,
+                                                                                      message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    status = main.run(["--device", "cuda", "--synthetic", "--output-dir", str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err
+    assert status == 2 and err == f"main.py: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_device_lists_within_the_devices_present_start(one_cuda_device, monkeypatch, tmp_path):
+    started = []
+    monkeypatch.setattr(main, "spawn_workers", lambda fn, nprocs, args: started.append(nprocs) or 0)
+    assert main.run(["--device", "cuda", "--synthetic", "--output-dir", str(tmp_path), "--multiprocessing-distributed",
+                     "--device-list", "0"]) == 0
+    assert started == [1]
