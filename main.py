@@ -27,8 +27,8 @@ from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, C
                                   apply_state_dict, earlier_run_files, find_latest_checkpoint, load_model_weights,
                                   load_training_checkpoint, plain_data, prepare_output_dir, remove_stale_temporaries,
                                   restore_optimizer, CheckpointWriter)
-from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, device_count, make_device,
-                               normalize_device_type, resolve_precision)
+from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, device_count, import_device_backend,
+                               make_device, normalize_device_type, resolve_precision)
 from seresnext import memory
 from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DeviceListError, DistContext, LaunchPlan, PeerLostError,
                                    agree_on_precision, any_rank, average_buffers, check_device_ids, choose_backend,
@@ -226,6 +226,7 @@ def check_output_dir(args: argparse.Namespace, first_process: bool) -> None:
 def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None,
                 precision: Precision) -> int:
     """One training (or evaluation) process: device, data, model, loss, optimizer, AMP, resume, DDP, loop."""
+    import_device_backend(args.device)  # a spawned process is a fresh interpreter: torch_npu before any device setup
     ctx = init_distributed(plan, process_index, backend or "gloo", device_type=args.device, dist_url=args.dist_url,
                            addr=args.addr, port=args.port, timeout=args.dist_timeout, on_lost=report_lost_peer)
     try:

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["npu_available", "cuda_available", "default_device_type", "normalize_device_type",
+__all__ = ["npu_available", "import_device_backend", "cuda_available", "default_device_type", "normalize_device_type",
            "make_device", "device_count", "synchronize", "dist_backend_for", "DEVICE_TYPES",
            "AMP_DTYPES", "OPT_LEVELS", "Precision", "StaticGradScaler", "BFLOAT16_MIN_SPEEDUP",
            "BFloat16Probe", "probe_cpu_bfloat16", "parse_loss_scale", "resolve_precision"]
@@ -30,6 +30,16 @@ def npu_available() -> bool:
     except Exception:  # torch_npu without CANN fails in many ways
         return False
     return hasattr(torch, "npu") and torch.npu.is_available() and torch.npu.device_count() > 0
+
+
+def import_device_backend(device_type: str) -> None:
+    """Import ``torch_npu`` (when installed) for npu, in every process before its device is set up.
+
+    A spawned worker starts a fresh interpreter, and torch imports ``torch_npu`` there by itself only through its
+    device-backend autoload, which ``TORCH_DEVICE_BACKEND_AUTOLOAD=0`` turns off: without the import, neither
+    ``torch.npu`` nor the hccl backend exists."""
+    if device_type == "npu" and importlib.util.find_spec("torch_npu") is not None:
+        importlib.import_module("torch_npu")
 
 
 def cuda_available() -> bool:

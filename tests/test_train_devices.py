@@ -1,6 +1,7 @@
 """The cuda and npu paths of training, on a CPU: device setup before the process group, device lists checked
 against the devices present, torch_npu imported in every worker, pinned batches, and --profile outside the FPS
 window. Where the hardware is missing, torch's device calls are replaced by recorders."""
+import sys
 import types
 
 import pytest
@@ -84,3 +85,46 @@ def test_device_lists_within_the_devices_present_start(one_cuda_device, monkeypa
     assert main.run(["--device", "cuda", "--synthetic", "--output-dir", str(tmp_path), "--multiprocessing-distributed",
                      "--device-list", "0"]) == 0
     assert started == [1]
+
+
+FAKE_TORCH_NPU = '''
+"""A stand-in for torch_npu: importing it gives torch an npu namespace, as the real one does."""
+import sys
+import types
+
+import torch
+
+EVENTS = torch.fake_npu_events
+
+
+class Stop(Exception):
+    pass
+
+
+def set_device(index):
+    EVENTS.append(f"set_device {index}")
+    raise Stop("the test ends here")
+
+
+EVENTS.append("imported torch_npu")
+torch.npu = types.SimpleNamespace(set_device=set_device)
+'''
+
+
+def test_a_spawned_npu_worker_imports_torch_npu_before_it_sets_its_device(monkeypatch, tmp_path, capsys):
+    """With TORCH_DEVICE_BACKEND_AUTOLOAD=0 nothing else imports torch_npu in a fresh worker process."""
+    (tmp_path / "torch_npu.py").write_text(FAKE_TORCH_NPU)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torch_npu", raising=False)
+    monkeypatch.setattr(torch, "npu", None, raising=False)  # restored (removed) afterwards
+    monkeypatch.delattr(torch, "npu")
+    monkeypatch.setattr(torch, "fake_npu_events", [], raising=False)
+    args = main.get_args_parser().parse_args(["--synthetic", "--output-dir", str(tmp_path / "out")])
+    args.device = "npu"
+    plan = LaunchPlan("spawn", procs_per_node=1, world_size=1, node_rank=0, device_ids=(0,))
+    try:
+        assert main.run_worker(0, args, plan, None, devices.Precision("npu")) == 1
+    finally:
+        sys.modules.pop("torch_npu", None)
+    assert torch.fake_npu_events == ["imported torch_npu", "set_device 0"]
+    assert "the test ends here" in capsys.readouterr().err
