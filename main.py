@@ -28,7 +28,7 @@ from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, C
                                   load_training_checkpoint, plain_data, prepare_output_dir, remove_stale_temporaries,
                                   restore_optimizer, CheckpointWriter)
 from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, device_count, import_device_backend,
-                               make_device, normalize_device_type, resolve_precision)
+                               make_device, normalize_device_type, pins_memory, resolve_precision)
 from seresnext import memory
 from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DeviceListError, DistContext, LaunchPlan, PeerLostError,
                                    agree_on_precision, any_rank, average_buffers, check_device_ids, choose_backend,
@@ -267,7 +267,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
             num_classes = args.num_classes or len(classes)
             if num_classes < len(classes):
                 raise ValueError(f"--num-classes {num_classes}: the dataset has {len(classes)} classes")
-        pin = device.type == "cuda"
+        pin = pins_memory(device.type)
         val_loader = data.make_loader(val_set, data.ShardSampler(len(val_set), ctx.world_size, ctx.rank),
                                       batch_size, workers, train=False, pin_memory=pin)
         if train_set is not None:

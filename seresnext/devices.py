@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 
 __all__ = ["npu_available", "import_device_backend", "cuda_available", "default_device_type", "normalize_device_type",
-           "make_device", "device_count", "synchronize", "dist_backend_for", "DEVICE_TYPES",
+           "make_device", "device_count", "pins_memory", "synchronize", "dist_backend_for", "DEVICE_TYPES",
            "AMP_DTYPES", "OPT_LEVELS", "Precision", "StaticGradScaler", "BFLOAT16_MIN_SPEEDUP",
            "BFloat16Probe", "probe_cpu_bfloat16", "parse_loss_scale", "resolve_precision"]
 
@@ -89,6 +89,13 @@ def make_device(device_type: str, index: int | None = None) -> torch.device:
     elif device_type == "npu":
         torch.npu.set_device(index)
     return torch.device(device_type, index)
+
+
+def pins_memory(device_type: str) -> bool:
+    """Whether the loaders pin their batches: on an accelerator (cuda, npu), so that the ``non_blocking`` copies
+    to it overlap with compute (a copy from pageable memory waits for the host); the DataLoader pins for the
+    current accelerator."""
+    return device_type in ("cuda", "npu")
 
 
 def synchronize(device: torch.device) -> None:

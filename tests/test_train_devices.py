@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 import main
-from seresnext import devices, distributed
+from seresnext import data, devices, distributed
 from seresnext.distributed import LaunchPlan, init_distributed, shutdown
 
 
@@ -128,3 +128,10 @@ def test_a_spawned_npu_worker_imports_torch_npu_before_it_sets_its_device(monkey
         sys.modules.pop("torch_npu", None)
     assert torch.fake_npu_events == ["imported torch_npu", "set_device 0"]
     assert "the test ends here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device_type, pinned", [("cuda", True), ("npu", True), ("cpu", False)])
+def test_batches_are_pinned_on_every_accelerator_so_their_copies_overlap(device_type, pinned):
+    assert devices.pins_memory(device_type) is pinned
+    loader = data.make_loader(list(range(4)), range(4), 2, 0, train=False, pin_memory=devices.pins_memory(device_type))
+    assert loader.pin_memory is pinned  # what main.py's train and val loaders are given
