@@ -111,7 +111,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("-e", "--evaluate", dest="evaluate", action="store_true",
                         help="only evaluate (the --resume or --pretrained weights) on the val set")
     parser.add_argument("--profile", default=0, type=int,
-                        help="1: write a Chrome trace of one training step to <output-dir>/output.prof")
+                        help="1: write a Chrome trace of one training step to <output-dir>/output.prof (the last "
+                             "warm-up step of the first epoch, outside the FPS@all window)")
     # additions
     parser.add_argument("--output-dir", default=".", type=str,
                         help="checkpoints, train_log.jsonl and train_curves.png go here (default: .)")

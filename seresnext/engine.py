@@ -210,6 +210,14 @@ def steady_state_window(steps: int, warmup: int = FPS_WARMUP_STEPS) -> int:
     return 1 if steps > 1 else 0
 
 
+def _profiled_step(start_step: int, total: int, max_steps: int | None) -> int:
+    """The step ``--profile`` traces: the last one before the FPS window (:func:`steady_state_window`), so that
+    neither the profiler's overhead nor the trace export counts in ``FPS@all`` (a one-step epoch has only that
+    step, inside its window)."""
+    planned = total - start_step if max_steps is None else min(total - start_step, max_steps)
+    return start_step + max(steady_state_window(planned) - 1, 0)
+
+
 def check_finite_weights(model: nn.Module) -> None:
     """Raise :class:`NonFiniteLossError` if any parameter or buffer holds NaN/inf (nothing must save it)."""
     tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
@@ -228,7 +236,7 @@ class TrainConfig:
     print_freq: int = 10
     channels_last: bool = False
     max_nonfinite_steps: int = 20
-    profile_path: Path | None = None  # --profile: Chrome trace of one steady-state step of the first epoch
+    profile_path: Path | None = None  # --profile: Chrome trace of the last warm-up step, outside the FPS window
     accum_steps: int = 1  # micro-batches (loader batches) per optimizer step (--accum-steps)
 
 
@@ -313,7 +321,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     marks[0] = (start, 0)
     last_print = (start, 0)
     profiler = None
-    profile_at = start_step + min(FPS_WARMUP_STEPS, max(total - start_step - 1, 0))
+    profile_at = _profiled_step(start_step, total, max_steps)
     batches = iter(loader)
     for i in printer.bar(range(start_step, total), total - start_step, f"epoch {epoch}"):
         hooks.before_step(ctx.rank, global_step)

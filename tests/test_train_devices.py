@@ -1,6 +1,6 @@
 """The cuda and npu paths of training, on a CPU: device setup before the process group, device lists checked
-against the devices present, torch_npu imported in every worker, pinned batches, and --profile outside the FPS
-window. Where the hardware is missing, torch's device calls are replaced by recorders."""
+against the devices present, torch_npu imported in every worker, pinned batches. Where the hardware is missing,
+torch's device calls are replaced by recorders."""
 import sys
 import types
 

@@ -251,3 +251,45 @@ def test_batchnorm_normalises_each_micro_batch_on_its_own(capsys):
     optimizer.step()
     assert max_difference(trained, reference) < 1e-6
     assert max_difference(trained, trained_whole) > 1e-3  # a batch of 4 has other statistics than two of 2
+
+
+def test_the_profiled_step_and_its_trace_export_stay_out_of_fps(tmp_path, monkeypatch, capsys):
+    """A fake clock that only the trace export moves by much: FPS@all must not see the export."""
+    import types
+
+    from seresnext import engine
+
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    class SlowExportProfile:
+        def __init__(self, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def export_chrome_trace(self, path):
+            now[0] += 1000.0  # a long export
+            (tmp_path / "output.prof").write_text("{}")
+
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(torch.profiler, "profile", SlowExportProfile)
+    model = tiny_model()
+    result = train_one_epoch(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), batches(12),
+                             torch.device("cpu"), 0, precision=Precision("cpu"), scaler=Precision("cpu").make_scaler(),
+                             lr_at=lambda e, s: 0.1, ctx=DistContext(),
+                             config=TrainConfig(print_freq=100, profile_path=tmp_path / "output.prof"),
+                             printer=Printer(DistContext()), split_size=100)
+    out = capsys.readouterr().out
+    assert f"=> profile of step 4 written to '{tmp_path / 'output.prof'}'" in out  # the last warm-up step
+    # 7 steps of 4 images in the window, each a few clock ticks: thousands of images/s; with the export inside the
+    # window it would be 28 / 1000 s
+    assert result.images_per_second > 100, result.images_per_second
+    assert result.seconds > 1000  # the epoch's own time does include it
