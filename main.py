@@ -258,9 +258,10 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
             classes = class_names = train_set.classes
         else:
             root = Path(args.data_path)
-            train_tf = data.train_transform(args.image_size, args.min_crop_scale, args.max_crop_aspect)
+            train_tf = functools.partial(data.train_transform, min_crop_scale=args.min_crop_scale,
+                                         max_crop_aspect=args.max_crop_aspect)
             train_set = None if args.evaluate else data.RobustImageFolder(
-                root / "train", train_tf, substitute=True, seed=data_seed)
+                root / "train", train_tf(args.image_size), substitute=True, seed=data_seed, transform_at=train_tf)
             val_set = data.RobustImageFolder(root / "val", data.val_transform(resize_size, crop_size),
                                              substitute=False)
             classes = val_set.classes
@@ -428,12 +429,10 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
 
             for epoch in range(start_epoch, args.epochs):
                 skip, skip_images = (start_step, start_images) if epoch == start_epoch else (0, 0)
-                train_sampler.set_position(epoch, skip_images)
-                train_set.set_epoch(epoch)
                 if data.train_size_at(epoch, args.image_size, phases) != train_size or (phases and epoch == start_epoch):
                     train_size = data.train_size_at(epoch, args.image_size, phases)
-                    set_train_size(train_set, train_size, args)
                     printer.line(f"=> Epoch[{epoch}] training at {train_size}x{train_size} px (--progressive-sizes)")
+                train_sampler.set_position(epoch, skip_images, size=train_size)
                 printer.line("=> Now Epoch[%d] setting lr: %.4f" % (epoch, lr_at(epoch, skip)))
                 result = train_one_epoch(
                     train_model, criterion, optimizer, train_loader, device, epoch, precision=precision,
@@ -553,15 +552,6 @@ def report_lost_peer(finding: str) -> None:
     """The one line a rank ends with when it lost a peer (printed once per process, by PeerWatch.report)."""
     print(f"{PROG}: error: {finding}; stopping this rank too (the last checkpoint written is intact: continue "
           f"with --auto-resume once every node is back)", file=sys.stderr, flush=True)
-
-
-def set_train_size(train_set, size: int, args: argparse.Namespace) -> None:
-    """Train crops of ``size`` px from now on (--progressive-sizes); loader workers start anew each epoch, so
-    the next epoch's workers see the change."""
-    if isinstance(train_set, data.SyntheticImages):
-        train_set.set_image_size(size)
-    else:
-        train_set.transform = data.train_transform(size, args.min_crop_scale, args.max_crop_aspect)
 
 
 def run_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, backend: str | None,

@@ -2,6 +2,8 @@
 data checks, checkpoint lookup."""
 import math
 import os
+import sys
+import threading
 import time
 
 import pytest
@@ -99,14 +101,38 @@ def test_progressive_sizes_parse_into_phases_and_refuse_bad_values(tmp_path):
     for bad in ("48", "48:x", "80:2", "48:0"):
         with pytest.raises(ValueError, match=f"--progressive-sizes {bad}: "):
             data.parse_progressive_sizes(bad, 64)
-    # the crops really change size: the folder's transform and the synthetic bank
+    # the crops really change size: the folder's transform and the synthetic bank follow the sampler's key
     folder = data.RobustImageFolder(make_image_folder(tmp_path / "d", classes=2, train=1, val=1) / "train",
-                                    data.train_transform(32), substitute=True, seed=0)
+                                    data.train_transform(32), substitute=True, seed=0,
+                                    transform_at=data.train_transform)
     synthetic = data.SyntheticImages(4, 32, 2)
-    args = main.get_args_parser().parse_args([])
     for dataset in (folder, synthetic):
-        main.set_train_size(dataset, 16, args)
-        assert dataset[0][0].shape == (3, 16, 16)
+        assert dataset[data.SampleKey(0, 3, 16)][0].shape == (3, 16, 16)
+        assert dataset[data.SampleKey(0, 3, 24)][0].shape == (3, 24, 24)
+
+
+def test_persistent_train_workers_follow_the_epoch_and_size_of_each_epoch(tmp_path):
+    # the train loader's workers live across epochs; what they produce must still be each epoch's own
+    # augmentation at each epoch's size, the same as without workers
+    root = make_image_folder(tmp_path / "d", classes=2, train=3, val=1) / "train"
+
+    def batches(workers):
+        dataset = data.RobustImageFolder(root, data.train_transform(32), substitute=True, seed=4,
+                                         transform_at=data.train_transform)
+        sampler = data.TrainSampler(dataset, 1, 0, seed=4)
+        loader = data.make_loader(dataset, sampler, 2, workers, train=True)
+        assert loader.persistent_workers == (workers > 0)
+        out = []
+        for epoch, size in ((0, 16), (1, 16), (2, 24)):
+            sampler.set_position(epoch, size=size)
+            out.append([images for images, _, _ in loader])
+        return out
+
+    with_workers, without = batches(1), batches(0)
+    assert [b[0].shape[-1] for b in with_workers] == [16, 16, 24]
+    assert not torch.equal(with_workers[0][0], with_workers[1][0])  # a new epoch, new crops
+    for a, b in zip(with_workers, without):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_static_loss_scale_skips_nonfinite_steps_and_never_moves():
@@ -330,6 +356,15 @@ def test_background_checkpoint_holds_the_state_at_submit_and_reports_a_failed_wr
         with CheckpointWriter() as writer:
             writer.submit({"epoch": 3, "state_dict": {}}, blocker, is_best=False)
             raise RuntimeError("non-finite loss")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_checkpoint_writer_runs_at_the_lowest_cpu_priority_so_the_step_keeps_its_cores(tmp_path):
+    # its serialisation must not take a core from the training step's compute threads
+    with CheckpointWriter() as writer:
+        niceness = writer._executor.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert niceness.result() == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the training thread keeps its own
 
 
 def test_failed_writes_name_the_file_and_the_checkpoint_writer_reports_them_without_waiting(tmp_path):
