@@ -429,11 +429,12 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
 
             for epoch in range(start_epoch, args.epochs):
                 skip, skip_images = (start_step, start_images) if epoch == start_epoch else (0, 0)
-                if data.train_size_at(epoch, args.image_size, phases) != train_size or (phases and epoch == start_epoch):
+                if (data.train_size_at(epoch, args.image_size, phases) != train_size
+                        or (phases and epoch == start_epoch)):
                     train_size = data.train_size_at(epoch, args.image_size, phases)
                     printer.line(f"=> Epoch[{epoch}] training at {train_size}x{train_size} px (--progressive-sizes)")
                 train_sampler.set_position(epoch, skip_images, size=train_size)
-                printer.line("=> Now Epoch[%d] setting lr: %.4f" % (epoch, lr_at(epoch, skip)))
+                printer.line(f"=> Now Epoch[{epoch}] setting lr: {lr_at(epoch, skip):.4f}")
                 result = train_one_epoch(
                     train_model, criterion, optimizer, train_loader, device, epoch, precision=precision,
                     scaler=scaler, lr_at=lr_at, ctx=ctx, config=config, printer=printer,

@@ -84,7 +84,7 @@ def main() -> None:
             rows.append([f"{task}, {size}x{size}", matmul_layers, off, on, on / off])
     set_matmul(True)
     precision = "fp32" if amp is None else f"{dtype_name(amp)} autocast"
-    table = (markdown_table(["what (batch %d)" % args.batch, "1x1 convs taking the matmul (of %d)" % len(pointwise),
+    table = (markdown_table([f"what (batch {args.batch})", f"1x1 convs taking the matmul (of {len(pointwise)})",
                              "convolution img/s", "matmul img/s", "matmul / convolution"], rows)
              + f"\n\n({precision}, channels_last, eager, CPU, {torch.get_num_threads()} threads; median of "
              f"{args.repeats} alternating repeats of {args.steps} training steps or {args.steps * 3} inference "

@@ -49,7 +49,8 @@ def main() -> None:
 
     (work / "upstream").mkdir()
     results = {"settings": vars(args), "images": len(files)}
-    candidates = {"upstream algorithm, 1 process": upstream, "ours -j 1": ours(1), f"ours -j {args.jobs}": ours(args.jobs)}
+    candidates = {"upstream algorithm, 1 process": upstream, "ours -j 1": ours(1),
+                  f"ours -j {args.jobs}": ours(args.jobs)}
     for name, run in candidates.items():
         results[name] = measure(run, repeats=args.repeats, warmup=1)
     for folder in work.iterdir():

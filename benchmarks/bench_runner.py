@@ -219,7 +219,8 @@ def main() -> None:
             if args.int8 and backend != "openvino":
                 ratios[f"{name} int8 x fp32 e2e"] = figures[f"{name} int8 e2e"] / figures[f"{name} e2e"]
         if args.compare_regroup:
-            ratios["regroup x default (ORT)"] = figures["runner (ORT) e2e, --regroup=true"] / figures["runner (ORT) e2e"]
+            ratios["regroup x default (ORT)"] = (figures["runner (ORT) e2e, --regroup=true"]
+                                                 / figures["runner (ORT) e2e"])
         rows.extend([[batch, key, value] for key, value in {**figures, **ratios}.items()])
     table = markdown_table(["batch", "candidate or ratio", "images/s (median) or ratio"], rows) + (
         f"\n\n(images/s, {args.size}x{args.size}, fp32 unless named, {'CUDA' if on_gpu else 'CPU'}; "

@@ -48,7 +48,8 @@ def step_env(args: argparse.Namespace) -> str:
         import torch
         import torchvision
     except Exception as exc:  # ImportError, or OSError from a broken CUDA install
-        raise CheckFailed(f"{sys.executable}: torch and torchvision must import ({exc.__class__.__name__}: {exc})")
+        raise CheckFailed(f"{sys.executable}: torch and torchvision must import "
+                          f"({exc.__class__.__name__}: {exc})") from exc
     missing = [name for name in REQUIREMENTS if importlib.util.find_spec(name) is None]
     if missing:
         print(f"env: missing {', '.join(missing)}")

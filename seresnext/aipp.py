@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["AippConfigError", "AippConfig", "parse_aipp_config", "load_aipp_config", "compile_aipp",
-           "insert_aipp", "config_from_metadata", "encode_source", "apply_aipp_reference", "AIPP_METADATA_KEY", "SUPPORTED_FORMATS"]
+           "insert_aipp", "config_from_metadata", "encode_source", "apply_aipp_reference", "AIPP_METADATA_KEY",
+           "SUPPORTED_FORMATS"]
 
 AIPP_METADATA_KEY = "seresnext.aipp"
 SUPPORTED_FORMATS = ("YUV420SP_U8", "RGB888_U8")

@@ -233,7 +233,7 @@ class CheckpointWriter:
         finally:
             self._executor.shutdown(wait=True)
 
-    def __enter__(self) -> "CheckpointWriter":
+    def __enter__(self) -> CheckpointWriter:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:

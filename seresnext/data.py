@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -32,8 +32,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from .model import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DataError", "MAX_BAD_FRACTION", "check_image_folder", "read_class_names", "train_transform",
-           "val_transform", "val_sizes", "parse_progressive_sizes", "train_size_at", "RobustImageFolder", "SyntheticImages", "TrainSampler", "ShardSampler",
-           "collate_skipping", "SampleKey", "make_loader", "steps_per_epoch", "accumulation_plan", "resume_position", "check_bad_fraction"]
+           "val_transform", "val_sizes", "parse_progressive_sizes", "train_size_at", "RobustImageFolder",
+           "SyntheticImages", "TrainSampler", "ShardSampler", "collate_skipping", "SampleKey", "make_loader",
+           "steps_per_epoch", "accumulation_plan", "resume_position", "check_bad_fraction"]
 
 MAX_BAD_FRACTION = 0.01
 """A split with more unreadable images than this fraction is refused."""
@@ -52,7 +53,7 @@ def _class_dirs(split_dir: Path) -> list[str]:
 
 
 def _has_image(folder: Path) -> bool:
-    for root, _dirs, files in os.walk(folder, followlinks=True):
+    for _root, _dirs, files in os.walk(folder, followlinks=True):
         if any(f.lower().endswith(IMG_EXTENSIONS) for f in files):
             return True
     return False
@@ -371,7 +372,8 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
     drop_last = train and full >= batch_size
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate_skipping,
-                      persistent_workers=train and workers > 0, worker_init_fn=_worker_ignores_stop_signals if workers else None)
+                      persistent_workers=train and workers > 0,
+                      worker_init_fn=_worker_ignores_stop_signals if workers else None)
 
 
 def steps_per_epoch(num_samples: int, batch_size: int) -> int:

@@ -8,7 +8,7 @@ import importlib.util
 import os
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -20,7 +20,7 @@ __all__ = ["npu_available", "import_device_backend", "cuda_available", "default_
 DEVICE_TYPES = ("cpu", "cuda", "npu")
 
 
-@lru_cache(maxsize=None)
+@cache
 def npu_available() -> bool:
     """True when ``torch_npu`` is installed, imports (CANN present) and sees at least one device."""
     if importlib.util.find_spec("torch_npu") is None:
@@ -147,7 +147,7 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
-@lru_cache(maxsize=None)
+@cache
 def probe_cpu_bfloat16() -> BFloat16Probe:
     """Time a small 1x1 convolution (channels-last, the model's commonest layer) in bfloat16 and in float32.
 

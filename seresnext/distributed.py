@@ -61,7 +61,7 @@ class DistContext:
     local_world_size: int = 1
     device_index: int = 0
     backend: str | None = None  # None: no process group
-    watch: "PeerWatch | None" = field(default=None, compare=False, repr=False)  # with a process group
+    watch: PeerWatch | None = field(default=None, compare=False, repr=False)  # with a process group
 
     @property
     def distributed(self) -> bool:

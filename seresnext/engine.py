@@ -92,7 +92,7 @@ class GracefulStop:
         if self.signum is None:
             self.signum = signum
 
-    def __enter__(self) -> "GracefulStop":
+    def __enter__(self) -> GracefulStop:
         for s in self.SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
         return self
@@ -114,7 +114,7 @@ class FaultHooks:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ,
-                 settle: Callable[[], object] | None = None) -> "FaultHooks":
+                 settle: Callable[[], object] | None = None) -> FaultHooks:
         nan_first = nan_last = kill_rank = kill_step = None
         if env.get("SERESNEXT_TEST_NAN_STEPS"):
             first, _, last = env["SERESNEXT_TEST_NAN_STEPS"].partition("-")

@@ -63,7 +63,7 @@ class WriteError(OSError):
     the file and the OS error (an OS write error often names no file, or only a temporary one)."""
 
     @classmethod
-    def naming(cls, path: str | PathLike, error: OSError) -> "WriteError":
+    def naming(cls, path: str | PathLike, error: OSError) -> WriteError:
         if isinstance(error, FileExistsError) and error.filename:  # making the folders failed
             return cls(f"{path}: cannot write ({error.filename} is a file, not a folder)")
         return cls(f"{path}: cannot write ({error.strerror or error})")
@@ -293,7 +293,7 @@ def write_dump(folder: str | PathLike, image_name: str, logits: np.ndarray, bina
         np.save(buffer, values.reshape(1, -1), allow_pickle=False)
         atomic_write(path, buffer.getvalue(), durable=False)
     else:
-        atomic_write(path, " ".join(["%.9g" % v for v in values.tolist()]) + "\n", durable=False)
+        atomic_write(path, " ".join([f"{v:.9g}" for v in values.tolist()]) + "\n", durable=False)
     return path
 
 

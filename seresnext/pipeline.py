@@ -458,7 +458,8 @@ def summary(job: Job) -> tuple[str, list[float]]:
     lines += [f"{name:40s} {t1:7.2f} {t5:7.2f}  {speed}" for name, t1, t5, speed in rows]
     lines += ["", "artifacts:",
               f"  dataset             {job.data} (labels: {job.labels}, val images: {job.val_flat})",
-              f"  checkpoints         {job.path('train', 'checkpoint.pth.tar')}, {job.path('train', 'model_best.pth.tar')}",
+              f"  checkpoints         {job.path('train', 'checkpoint.pth.tar')}, "
+              f"{job.path('train', 'model_best.pth.tar')}",
               f"  training curves     {job.path('train', 'train_curves.png')} ({train_log.name} beside it)",
               f"  ONNX (export)       {job.path('se_resnext50_32x4d.onnx')}",
               f"  runner models       {job.path(f'seresnext50_32x4d_{job.batch}.onnx')}, "

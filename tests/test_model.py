@@ -1,5 +1,4 @@
 """The model against Cadene's pretrainedmodels and timm's legacy_seresnext50_32x4d."""
-import pickle
 import warnings
 
 import pytest
@@ -211,4 +210,4 @@ def test_channels_last_training_step_matches_nchw():
     (loss_nchw, grads_nchw), (loss_cl, grads_cl) = results
     torch.testing.assert_close(loss_cl, loss_nchw, atol=1e-5, rtol=1e-5)
     for name, grad in grads_nchw.items():
-        torch.testing.assert_close(grads_cl[name], grad, atol=1e-4, rtol=1e-3, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads_cl[name], grad, atol=1e-4, rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")

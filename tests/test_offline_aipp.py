@@ -92,7 +92,8 @@ def test_rgb_source_is_bgr_when_the_config_swaps():
 
 
 @pytest.mark.parametrize("change, message", [
-    (("min_chn_0 : 123.675", "min_chn_0 : 123.675\n    colour_magic : 3"), r"cfg:18: unknown AIPP field 'colour_magic'"),
+    (("min_chn_0 : 123.675", "min_chn_0 : 123.675\n    colour_magic : 3"),
+     r"cfg:18: unknown AIPP field 'colour_magic'"),
     (("crop: true", "crop: maybe"), r"cfg:8: crop must be true or false, got 'maybe'"),
     (("crop_size_w : 224", "crop_size_w : wide"), r"cfg:11: crop_size_w must be an integer"),
     (("var_reci_chn_0: 0.0171247538316637", "var_reci_chn_0: 0.01\n    var_reci_chn_0: 0.02"),

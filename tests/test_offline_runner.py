@@ -258,7 +258,8 @@ def test_an_interrupted_run_resumes_with_only_the_missing_images_and_the_dumps_o
     write_info(tmp_path / "bin.info", [(str(p), SIZE, SIZE) for p in sorted((tmp_path / "bins").iterdir())])
     flags = [f"-provider={provider}", "-model_type=vision", f"-om_path={work / 'tiny_4.onnx'}", "-device_id=0",
              "-batch_size=4", f"-input_text_path={tmp_path / 'bin.info'}", f"-input_width={SIZE}",
-             f"-input_height={SIZE}", "-loaders=1", "-prefetch=1", "-warmup=1"]  # OpenVINO: a batch in flight per stream
+             f"-input_height={SIZE}", "-loaders=1", "-prefetch=1",
+             "-warmup=1"]  # OpenVINO: a batch in flight per stream
     status, _, err = run_tool(benchmark, [*flags, f"-result_dir={tmp_path / 'straight'}"])
     assert status == 0, err
     straight = folder_bytes(tmp_path / "straight" / "dumpOutput_device0")
@@ -392,7 +393,8 @@ def test_ais_bench_input_list_pure_inference_and_wrong_flags(work, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["-input_width=72"], r"-input_width=72 -input_height=64 do not match .*tiny_4.onnx: its input is image\[4, 3, 64, 64\]"),
+    (["-input_width=72"],
+     r"-input_width=72 -input_height=64 do not match .*tiny_4.onnx: its input is image\[4, 3, 64, 64\]"),
     (["-batch_size=8"], r"-batch_size=8 but .*tiny_4.onnx has a static batch of 4"),
     (["-useDvpp=true"], r"-useDvpp=true needs a model with AIPP"),
     (["-useDvpp=maybe"], r"expected true or false"),
@@ -521,7 +523,8 @@ def test_atc_script_builds_both_onnx_models_without_atc(work, tmp_path):
          f"--image_size={SIZE}", f"--aipp_config={work / 'aipp_small.config'}", f"--output_dir={tmp_path}"],
         capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
-    binary, aipp = onnx.load(tmp_path / "seresnext50_32x4d_2.onnx"), onnx.load(tmp_path / "seresnext50_32x4d_aipp_2.onnx")
+    binary = onnx.load(tmp_path / "seresnext50_32x4d_2.onnx")
+    aipp = onnx.load(tmp_path / "seresnext50_32x4d_aipp_2.onnx")
     assert [d.dim_value for d in binary.graph.input[0].type.tensor_type.shape.dim] == [2, 3, SIZE, SIZE]
     assert [d.dim_value for d in aipp.graph.input[0].type.tensor_type.shape.dim] == [2, SOURCE * 3 // 2, SOURCE]
     assert "atc not used" in result.stdout
@@ -592,8 +595,9 @@ def test_build_rejects_a_shape_the_model_does_not_take(work, tmp_path):
 
 def test_int8_build_is_calibrated_on_bins_and_runs(work, tmp_path):
     _bins(tmp_path / "calib", 8, seed=5)
-    build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'tiny_int8_4'}", "--input_shape=image:4,3,64,64",
-                "--precision=int8", f"--calib_dir={tmp_path / 'calib'}", "--calib_count=8"])
+    build.main([f"--model={work / 'tiny.onnx'}", f"--output={tmp_path / 'tiny_int8_4'}",
+                "--input_shape=image:4,3,64,64", "--precision=int8",
+                f"--calib_dir={tmp_path / 'calib'}", "--calib_count=8"])
     model = onnx.load(tmp_path / "tiny_int8_4.onnx")
     assert json.loads({p.key: p.value for p in model.metadata_props}["seresnext.build"])["precision"] == "int8"
     assert any("QLinear" in n.op_type or "QuantizeLinear" in n.op_type for n in model.graph.node)

@@ -17,7 +17,6 @@ from senet import se_resnext50_32x4d
 from seresnext import pipeline
 from seresnext.checkpoint import save_checkpoint
 from seresnext.sample_data import generate
-from train_utils import ROOT
 
 
 def test_offline_stages_run_the_documented_chain_and_reruns_reuse_them(tmp_path, capsys):

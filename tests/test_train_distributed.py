@@ -356,6 +356,7 @@ def test_collective_errors_of_a_lost_peer_are_told_from_bugs():
     so the rank ends with the one line, not a traceback."""
     from seresnext.distributed import is_peer_failure
     assert is_peer_failure(RuntimeError("Application timeout caused pair closure"))
-    assert is_peer_failure(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
+    assert is_peer_failure(
+        RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
     assert not is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_peer_failure(ValueError("Connection closed by peer"))

@@ -16,6 +16,8 @@ from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Prin
                               train_one_epoch)
 from seresnext.model import se_resnext50_32x4d
 
+CPU = Precision("cpu")
+
 
 def tiny_model() -> nn.Module:
     torch.manual_seed(0)
@@ -29,7 +31,7 @@ def batches(n: int, size: int = 4) -> list:
             for _ in range(n)]
 
 
-def run_epoch(model, loader, precision=Precision("cpu"), hooks=None, stop=None, max_nonfinite=20, print_freq=1):
+def run_epoch(model, loader, precision=CPU, hooks=None, stop=None, max_nonfinite=20, print_freq=1):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = precision.make_scaler()
     result = train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), 0,
@@ -153,7 +155,7 @@ def plain_model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 6))
 
 
-def accumulate(model, loader, accum, *, precision=Precision("cpu"), scaler=None, stop=None, num_steps=None):
+def accumulate(model, loader, accum, *, precision=CPU, scaler=None, stop=None, num_steps=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)
     scaler = scaler or precision.make_scaler()
     result = train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), 0,

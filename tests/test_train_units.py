@@ -32,7 +32,8 @@ def test_upstream_flags_keep_spelling_defaults_and_prefixes():
         ("/dataset/imagenet", 4, 90, 0, 256, 0.1, 0.1, 0.9, 1e-4, None, "0,1,2,3,4,5,6,7", None, -1, -1, "", "",
          "", "1024", 10, 10, None, "", False, 0)
     assert d.output_dir == "." and not (d.channels_last or d.compile or d.auto_resume or d.synthetic)
-    assert d.optimizer == "sgd" and d.min_crop_scale == 0.08 and d.label_smoothing == 0.0 and d.warmup_epochs == 0 and d.amp_dtype is None
+    assert d.optimizer == "sgd" and d.min_crop_scale == 0.08 and d.label_smoothing == 0.0
+    assert d.warmup_epochs == 0 and d.amp_dtype is None
     assert d.pretrained is None
     assert main.get_args_parser().parse_args(["--pretrained"]).pretrained == "./model_best.pth.tar"
     assert main.get_args_parser().parse_args(["--pretrained", "w.pth"]).pretrained == "w.pth"
