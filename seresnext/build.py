@@ -178,9 +178,6 @@ class _BinCalibrationReader:
             batch[index] = read_bin(path, self.shape[1:])
         return {self.input_name: batch}
 
-    def rewind(self):
-        self.position = 0
-
 
 def _quantize_int8(model: onnx.ModelProto, options: BuildOptions, name: str, shape: list[int],
                    workdir: Path) -> onnx.ModelProto:

@@ -33,13 +33,12 @@ from .formats import WriteError, atomic_write, remove_temporaries
 
 __all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_module_prefix",
            "load_model_weights", "apply_state_dict", "save_checkpoint", "CHECKPOINT_NAME", "BEST_NAME",
-           "TRAINING_KEYS", "plain_data", "save_training_checkpoint", "CheckpointWriter",
+           "plain_data", "save_training_checkpoint", "CheckpointWriter",
            "load_training_checkpoint", "find_latest_checkpoint", "prepare_output_dir", "earlier_run_files",
            "remove_stale_temporaries", "optimizer_kind", "restore_optimizer", "CheckpointInterval"]
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
-TRAINING_KEYS = ("epoch", "state_dict", "best_acc1", "optimizer")
 # the optimizer settings a resumed run takes from its own flags rather than from the checkpoint
 _OPTIMIZER_FLAGS = {"weight_decay": "--wd", "momentum": "--momentum"}
 

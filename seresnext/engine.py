@@ -255,8 +255,6 @@ class EpochResult:
     nonfinite_steps: int
     skipped_steps: int = 0  # steps the float16 loss scaler did not apply (inf/NaN gradients)
     stopped_by_signal: bool = False
-    last_loss: float = float("nan")
-    bad_paths: list[str] = field(default_factory=list)
 
 
 def set_train_mode(model: nn.Module) -> None:
@@ -441,8 +439,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         images_per_second=rate,  # every rank runs the same steps, so the global rate is the sum
         seconds=finish - start, steps=steps, images=int(images_all), skipped_images=int(bad_all),
         nonfinite_steps=int(nonfinite), skipped_steps=int(skipped_all) // max(1, ctx.world_size),
-        stopped_by_signal=stopped,
-        last_loss=float(loss.detach().float().item()) if steps else float("nan"), bad_paths=bad_paths)
+        stopped_by_signal=stopped)
     if steps:  # a resumed epoch whose steps were all done before has no rate to report
         printer.line(f"{printer.npu_id} * FPS@all {result.images_per_second:.3f}")
     return result

@@ -461,7 +461,6 @@ class RunResult:
     batch_latencies_ms: list[float] = field(default_factory=list)
     dump_dir: Path | None = None
     perf_file: Path | None = None
-    perf_text: str = ""
     stale_dumps: int = 0
     skipped: int = 0  # -resume=true: images whose dump was complete before this run
     backend: str = ""
@@ -590,7 +589,7 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
     ready: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
     written: queue.Queue = queue.Queue(maxsize=max(2, options.prefetch * 2))
     stop = threading.Event()
-    timings = {"read": 0.0, "pre": 0.0, "post": 0.0, "loaded": 0, "posted": 0}
+    timings = {"read": 0.0, "pre": 0.0, "post": 0.0, "loaded": 0}
     failures_lock = threading.Lock()
 
     def produce(pool: ThreadPoolExecutor) -> None:
@@ -650,7 +649,6 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
                     with failures_lock:
                         result.failed.append((f"{info}:{entry.line}", f"cannot write its dump ({exc})"))
             timings["post"] += time.perf_counter() - started
-            timings["posted"] += len(kept)
             if progress:
                 progress(len(kept))
 
@@ -722,7 +720,7 @@ def run_dataset(options: RunnerOptions, backend: Backend | None = None,
     result.failed.sort(key=_line_order)
     if options.write_perf:
         result.perf_file = Path(options.result_dir) / perf_file_name(options.batch_size, options.device_id)
-        result.perf_text = write_perf_file(result.perf_file, stats)
+        write_perf_file(result.perf_file, stats)
     if options.save_outputs:
         result.dump_dir = dump_dir
         ours = {dump_file_name(e.image_name, options.output_binary, options.dump_suffix, dump_format) for e in listed}
