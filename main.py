@@ -33,6 +33,7 @@ from seresnext import memory
 from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DeviceListError, DistContext, LaunchPlan, PeerLostError,
                                    agree_on_precision, any_rank, average_buffers, check_device_ids, choose_backend,
                                    init_distributed, is_peer_failure, plan_launch, shutdown, spawn_workers, wrap_ddp)
+from seresnext.errors import first_line
 from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, cosine_lr,
                               check_finite_weights, evaluate, train_one_epoch)
 from seresnext.model import se_resnext50_32x4d
@@ -569,7 +570,7 @@ def run_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, b
         return 130
     except Exception as exc:
         if plan.distributed and is_peer_failure(exc):  # another process died; its own log says why
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             print(f"{PROG}: error: lost contact with another process ({first})", file=sys.stderr, flush=True)
         else:  # a bug: keep the traceback
             traceback.print_exc()

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from common import ROOT, machine_info, markdown_table, measure, work_dir, write_report
 
-from seresnext.formats import read_perf_file, read_pure_infer_perf_file, pure_infer_perf_file_name
+from seresnext.formats import (perf_file_name, pure_infer_perf_file_name, read_perf_file,
+                               read_pure_infer_perf_file)
 from seresnext.runner import openvino_available
 
 
@@ -47,7 +48,7 @@ def runner_rates(model: Path, batch: int, info: Path, size: int, result: Path, p
     sh([sys.executable, "benchmark.py", "-model_type=vision", f"-om_path={model}", "-device_id=0",
         f"-batch_size={batch}", f"-input_text_path={info}", f"-input_width={size}", f"-input_height={size}",
         "-output_binary=false", "-useDvpp=false", f"-result_dir={result}", "-progress=false", f"-provider={provider}"])
-    perf = read_perf_file(result / f"perf_vision_batchsize_{batch}_device_0.txt")
+    perf = read_perf_file(result / perf_file_name(batch, 0))
     return perf["e2e"]["throughputRate"], perf["infer"]["Interface throughputRate"]
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = ["AippConfigError", "AippConfig", "parse_aipp_config", "load_aipp_config", "compile_aipp",
            "insert_aipp", "config_from_metadata", "encode_source", "apply_aipp_reference", "AIPP_METADATA_KEY",
-           "SUPPORTED_FORMATS"]
+           "SUPPORTED_FORMATS", "onnx_opset"]
 
 AIPP_METADATA_KEY = "seresnext.aipp"
 SUPPORTED_FORMATS = ("YUV420SP_U8", "RGB888_U8")
@@ -469,7 +469,7 @@ def insert_aipp(model, config: AippConfig, source: str = "the model"):
         raise AippConfigError(f"{config.source or 'AIPP config'}: hands the model {out_w}x{out_h} "
                               f"(crop_size_w/h or src_image_size_w/h) but {source} takes "
                               f"{dims[3]}x{dims[2]} ({model_input.name}{dims})")
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    opset = onnx_opset(model)
     name = model_input.name
     bridge = "aipp_output"
     stage = compile_aipp(config, input_name=name, output_name=bridge, batch=dims[0], opset=opset)
@@ -489,6 +489,14 @@ def insert_aipp(model, config: AippConfig, source: str = "the model"):
     entry = model.metadata_props.add()
     entry.key, entry.value = AIPP_METADATA_KEY, config.to_json()
     return model
+
+
+def onnx_opset(model) -> int:
+    """The default-domain opset an ONNX model imports."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise ValueError("the model imports no default-domain opset")
 
 
 def config_from_metadata(metadata: Mapping[str, str]) -> AippConfig | None:

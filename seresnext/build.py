@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .aipp import AIPP_METADATA_KEY, insert_aipp, load_aipp_config
+from .aipp import AIPP_METADATA_KEY, insert_aipp, load_aipp_config, onnx_opset
 from .formats import atomic_write, read_bin
 from .runner import CUDA_OPTIONS, provider_problem
 
@@ -194,7 +194,7 @@ def _quantize_int8(model: onnx.ModelProto, options: BuildOptions, name: str, sha
     if not files:
         raise BuildError(f"--calib_dir={options.calib_dir}: no .bin files (run preprocess_se_resnext50_32x4d_pth.py)")
     fp32_path, pre_path, int8_path = workdir / "fp32.onnx", workdir / "pre.onnx", workdir / "int8.onnx"
-    if _opset(model) < 13:  # per-channel QuantizeLinear/DequantizeLinear (their axis) need opset 13
+    if onnx_opset(model) < 13:  # per-channel QuantizeLinear/DequantizeLinear (their axis) need opset 13
         model = onnx.version_converter.convert_version(model, 13)
     onnx.save(model, fp32_path)
     quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=True)
@@ -252,8 +252,6 @@ def regroup_convs(model: onnx.ModelProto, block: int, max_factor: int = 2) -> in
     return rewritten
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _optimize(model: onnx.ModelProto, options: BuildOptions, workdir: Path) -> onnx.ModelProto:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import first_line
 from .formats import WriteError, atomic_write, remove_temporaries
 
 __all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_module_prefix",
@@ -55,11 +56,11 @@ def load_checkpoint(path: str | PathLike, map_location: str | torch.device = "cp
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{path}: refused by the weights-only loader (it holds objects or code that a "
                               f"weight file must not carry): {first}") from None
     except Exception as exc:  # the unpickler raises many types on a corrupt file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{path}: not a readable PyTorch weight file ({first})") from None
 
 

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .errors import first_line
 from .model import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DataError", "MAX_BAD_FRACTION", "check_image_folder", "read_class_names", "train_transform",
@@ -220,7 +221,7 @@ class RobustImageFolder(datasets.ImageFolder):
         try:
             return self.loader(path), target, None
         except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             return None, target, f"{path} ({reason})"
 
     def _transform_for(self, key: SampleKey) -> Any:

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .devices import Precision, dist_backend_for, make_device
+from .errors import first_line
 
 __all__ = ["DistContext", "LaunchPlan", "parse_device_list", "torchrun_env", "plan_launch", "check_device_ids",
            "DeviceListError", "choose_backend",
@@ -554,9 +555,7 @@ def short_error(error: BaseException) -> str:
     """The first line of a backend's error without its source location and advice, e.g. ``Read error
     [10.0.0.2]:944: Connection reset by peer`` or ``Timed out waiting 300000ms for recv operation to
     complete``."""
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
-    first = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", first)
+    first = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", first_line(error))
     return first.split(". This is typically caused")[0].rstrip(". ")
 
 

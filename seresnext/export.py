@@ -21,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from .aipp import onnx_opset
 from .formats import atomic_write
 from .predict import CheckpointInfo, load_model, read_checkpoint_info
 
@@ -33,14 +34,6 @@ DYNAMIC_BATCH = "-1"  # upstream's name for the dynamic batch axis
 
 class ExportError(RuntimeError):
     """The exported model failed a check (opset, checker, or ONNX Runtime disagrees with torch)."""
-
-
-def onnx_opset(model: onnx.ModelProto) -> int:
-    """The default-domain opset a model was written with."""
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    raise ExportError("the model imports no default-domain opset")
 
 
 @dataclass

@@ -33,6 +33,7 @@ from torch import nn
 
 from .devices import Precision
 from .distributed import DistContext, all_reduce_max
+from .errors import first_line
 from .engine import set_train_mode
 
 __all__ = ["BACKWARD_LIVE", "EVAL_LIVE", "AUTOCAST_WEIGHT_COPIES", "USABLE_FRACTION", "PROBE_MAX_SIZE",
@@ -423,5 +424,5 @@ def explain_out_of_memory(advice: str, where: str) -> Iterator[None]:
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise NotEnoughMemoryError(f"out of memory {where} ({first}); {advice}") from None

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .aipp import AippConfig, config_from_metadata, encode_source
+from .errors import first_line
 from .formats import (DUMP_SUFFIX, FormatError, InfoEntry, bin_from_bytes, npy_from_bytes, PerfStats, dump_file_name,
                       dump_is_complete, parse_dump_name, perf_file_name, perf_lines, pure_infer_perf_file_name,
                       pure_infer_summary, read_info, remove_temporaries, write_dump, write_perf_file,
@@ -165,7 +166,7 @@ class OrtBackend(Backend):
         try:
             self.session = ort.InferenceSession(path, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            first = first_line(exc)
             raise RunnerError(f"-om_path={path}: ONNX Runtime cannot load it ({first})") from None
         on_gpu = chosen in ("cuda", "tensorrt")
         problem = provider_problem(self.session, PROVIDERS[chosen], device_id if on_gpu else None)
@@ -194,7 +195,7 @@ class OrtBackend(Backend):
         try:
             return self.session.run([self.output_name], {self.input_name: batch})[0]
         except Exception as exc:  # onnxruntime's own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            first = first_line(exc)
             raise RunnerError(f"ONNX Runtime failed on a batch of shape {list(batch.shape)}: {first}") from None
 
 
@@ -294,7 +295,7 @@ class OpenVinoBackend(Backend):
             with self._api:
                 return np.array(request.get_tensor(self.output).data, copy=True)  # the request reuses its buffer
         except Exception as exc:  # OpenVINO's own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            first = first_line(exc)
             raise RunnerError(f"OpenVINO failed on a batch of shape {list(batch.shape)}: {first}") from None
         finally:
             self._requests.put(request)
