@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .aipp import AippConfig, config_from_metadata, encode_source
+from .aipp_config import AippConfig, config_from_metadata
+from .aipp_graph import encode_source
 from .errors import first_line
 from .formats import (DUMP_SUFFIX, FormatError, InfoEntry, bin_from_bytes, npy_from_bytes, PerfStats, dump_file_name,
                       dump_is_complete, parse_dump_name, perf_file_name, perf_lines, pure_infer_perf_file_name,
