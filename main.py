@@ -387,7 +387,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                          f"(global step {global_step})")
         # checkpoints are written in the background; an out-of-memory error becomes one line (after the write in
         # flight has finished: the last checkpoint stays whole)
-        with GracefulStop() as stop, CheckpointWriter() as checkpoints, \
+        with data.workers_stopped_after(train_loader), GracefulStop() as stop, CheckpointWriter() as checkpoints, \
                 memory.explain_out_of_memory(oom_advice + f"; the last checkpoint written in {output_dir} is intact "
                                              f"(continue from it with --auto-resume)", "during training"):
             hooks = FaultHooks.from_env(settle=checkpoints.wait)

@@ -16,6 +16,7 @@ Two properties matter for training that survives faults:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -35,6 +36,7 @@ from .model import IMAGENET_MEAN, IMAGENET_STD
 __all__ = ["DataError", "MAX_BAD_FRACTION", "check_image_folder", "read_class_names", "train_transform",
            "val_transform", "val_sizes", "parse_progressive_sizes", "train_size_at", "RobustImageFolder",
            "SyntheticImages", "TrainSampler", "ShardSampler", "collate_skipping", "SampleKey", "make_loader",
+           "workers_stopped_after",
            "steps_per_epoch", "accumulation_plan", "resume_position", "check_bad_fraction"]
 
 MAX_BAD_FRACTION = 0.01
@@ -375,6 +377,22 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
                       pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate_skipping,
                       persistent_workers=train and workers > 0,
                       worker_init_fn=_worker_ignores_stop_signals if workers else None)
+
+
+@contextlib.contextmanager
+def workers_stopped_after(loader: DataLoader):
+    """Shut ``loader``'s persistent workers down on leaving the block, however it is left.
+
+    Left to garbage collection, they could outlive the training loop (a stopped run keeps a frame alive):
+    at interpreter exit multiprocessing then terminates and joins them, and since they ignore SIGTERM (see
+    :func:`_worker_ignores_stop_signals`) the join waited forever after a ``kill -INT`` of the trainer."""
+    try:
+        yield loader
+    finally:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        loader._iterator = None
 
 
 def steps_per_epoch(num_samples: int, batch_size: int) -> int:

@@ -136,6 +136,20 @@ def test_persistent_train_workers_follow_the_epoch_and_size_of_each_epoch(tmp_pa
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_persistent_train_workers_end_with_the_training_block_even_when_it_stops_mid_epoch(tmp_path):
+    # they ignore SIGTERM, so workers left to interpreter exit could hang it in multiprocessing's join
+    root = make_image_folder(tmp_path / "d", classes=2, train=4, val=1) / "train"
+    dataset = data.RobustImageFolder(root, data.train_transform(16), substitute=True, seed=0)
+    sampler = data.TrainSampler(dataset, 1, 0, seed=0)
+    loader = data.make_loader(dataset, sampler, 2, 2, train=True)
+    with data.workers_stopped_after(loader):
+        sampler.set_position(0)
+        next(iter(loader))  # a run stopped by a signal leaves its epoch here
+        workers = list(loader._iterator._workers)
+        assert workers and all(w.is_alive() for w in workers)
+    assert not any(w.is_alive() for w in workers)
+
+
 def test_static_loss_scale_skips_nonfinite_steps_and_never_moves():
     layer = torch.nn.Linear(3, 1)
     before = layer.weight.detach().clone()
