@@ -34,8 +34,9 @@ from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DeviceListError, DistCo
                                    agree_on_precision, any_rank, average_buffers, check_device_ids, choose_backend,
                                    init_distributed, is_peer_failure, plan_launch, shutdown, spawn_workers, wrap_ddp)
 from seresnext.errors import first_line
-from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, cosine_lr,
-                              check_finite_weights, evaluate, train_one_epoch)
+from seresnext.engine import (GracefulStop, NonFiniteLossError, Printer, TrainConfig, check_finite_weights, cosine_lr,
+                              evaluate, train_one_epoch)
+from seresnext.faults import FaultHooks
 from seresnext.model import se_resnext50_32x4d
 from seresnext.training_log import LOG_NAME, PLOT_NAME, append_record, drop_records_from, plot_curves, read_records
 

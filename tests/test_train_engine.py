@@ -12,8 +12,8 @@ from torch import nn
 
 from seresnext.devices import Precision
 from seresnext.distributed import DistContext
-from seresnext.engine import (FaultHooks, GracefulStop, NonFiniteLossError, Printer, TrainConfig, evaluate,
-                              train_one_epoch)
+from seresnext.engine import GracefulStop, NonFiniteLossError, Printer, TrainConfig, evaluate, train_one_epoch
+from seresnext.faults import FaultHooks
 from seresnext.model import se_resnext50_32x4d
 
 CPU = Precision("cpu")
