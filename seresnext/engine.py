@@ -19,9 +19,10 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -223,6 +224,177 @@ def set_train_mode(model: nn.Module) -> None:
                 module.eval()
 
 
+class _StepSums(NamedTuple):
+    """The figures :class:`_EpochMeter` sums on the device, for one step or the epoch so far."""
+
+    loss_sum: float  # loss x images, over the steps whose loss was finite
+    finite_images: float  # images of the steps whose loss was finite
+    top1: float  # top-1 hits
+    top5: float  # top-5 hits
+    nonfinite_steps: float
+    skipped_steps: float  # steps the loss scaler skipped (inf/NaN float16 gradients)
+
+
+class _Step(NamedTuple):
+    """What one optimizer step left: its loss (mean over its effective batch), top-1/top-5 hits, images, seconds
+    spent waiting for data, and whether the loss scaler skipped it (device tensors except the counts)."""
+
+    loss: torch.Tensor
+    hits: torch.Tensor
+    images: int
+    data_seconds: float
+    skipped: torch.Tensor
+
+
+class _EpochMeter:
+    """The running figures of one epoch on this rank.
+
+    The :class:`_StepSums` stay in one device tensor (the host reads it only when a line is printed, and the
+    ranks all-reduce it at once at the end); the counts of steps, images and data time are host numbers.
+    ``streak`` counts the consecutive steps that changed nothing (non-finite loss or skipped by the scaler).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums = torch.zeros(len(_StepSums._fields), device=device)
+        self.last = self.sums  # the last step's row
+        self.streak = torch.zeros((), dtype=torch.long, device=device)
+        self.finite = torch.ones((), dtype=torch.bool, device=device)  # whether the last step's loss was
+        self.bad_paths: list[str] = []
+        self.steps = self.images = 0
+        self.data_seconds = 0.0
+
+    @torch.no_grad()
+    def add(self, step: _Step) -> None:
+        self.finite = finite = torch.isfinite(step.loss)
+        self.last = torch.cat([torch.stack([torch.where(finite, step.loss, 0.0) * step.images,
+                                            finite.float() * step.images]),
+                               step.hits, torch.stack([(~finite).float(), step.skipped.float()])])
+        self.sums += self.last
+        self.streak = (self.streak + 1) * (~finite | step.skipped)
+        self.steps += 1
+        self.images += step.images
+        self.data_seconds += step.data_seconds
+
+    def running(self) -> _StepSums:
+        return _StepSums(*self.sums.tolist())
+
+    def latest(self) -> _StepSums:
+        return _StepSums(*self.last.tolist())
+
+
+class _EpochClock:
+    """The epoch's time marks: its start, the (time, images) at the end of step 1 and of step
+    ``FPS_WARMUP_STEPS`` that open the steady-state window (:func:`steady_state_window`), and the last print."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        synchronize(device)
+        self.start = time.perf_counter()
+        self.marks: dict[int, tuple[float, int]] = {0: (self.start, 0)}  # steps done -> (time, images)
+        self.last_print = (self.start, 0)
+
+    def step_done(self, steps: int, images: int) -> None:
+        if steps in (1, FPS_WARMUP_STEPS):
+            synchronize(self.device)
+            self.marks[steps] = (time.perf_counter(), images)
+
+    def step_times(self, steps: int) -> tuple[float, float]:
+        """Seconds per step since the last print, and over the steady-state window so far."""
+        now = time.perf_counter()
+        warm = steady_state_window(steps)
+        step_time = (now - self.last_print[0]) / max(1, steps - self.last_print[1])
+        average = (now - self.marks[warm][0]) / max(1, steps - warm)
+        self.last_print = (now, steps)
+        return step_time, average
+
+    def finish(self, steps: int, images: int) -> tuple[float, float]:
+        """The epoch's seconds and this rank's images/s over the steady-state window."""
+        synchronize(self.device)
+        finish = time.perf_counter()
+        warm_time, warm_images = self.marks[steady_state_window(steps)]
+        rate = (images - warm_images) / max(finish - warm_time, 1e-9) if steps else 0.0
+        return finish - self.start, rate
+
+
+class _StepProfiler:
+    """``--profile``: a Chrome trace of one step (:func:`_profiled_step`), unless the file exists already."""
+
+    def __init__(self, path: Path | None, step: int, device: torch.device, printer: Printer):
+        self.path, self.step, self.device, self.printer = path, step, device, printer
+        self.active = None
+
+    def start(self, step: int) -> None:
+        if step == self.step and self.path is not None and not self.path.exists():
+            self.active = torch.profiler.profile(record_shapes=True)
+            self.active.__enter__()
+
+    def stop(self, step: int) -> None:
+        if self.active is not None:
+            synchronize(self.device)
+            self.active.__exit__(None, None, None)
+            self.active.export_chrome_trace(str(self.path))
+            self.printer.line(f"=> profile of step {step} written to '{self.path}'")
+            self.active = None
+
+
+@dataclass(frozen=True)
+class _Stepper:
+    """What an optimizer step needs that stays fixed for the epoch."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    hooks: FaultHooks
+    printer: Printer
+    device: torch.device
+    memory_format: torch.memory_format
+    accum: int
+    no_sync: Callable | None  # DDP: skip the all-reduce of all but the last micro-batch
+
+    def run(self, batches: Iterator, step: int, global_step: int, bad_paths: list[str]) -> _Step | None:
+        """One optimizer step over ``accum`` micro-batches; None when the loader has no batch left for it."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=self.device)
+        hits = torch.zeros(2, device=self.device)
+        batch = 0
+        data_seconds = 0.0
+        for micro in range(self.accum):
+            waited = time.perf_counter()
+            item = next(batches, None)
+            data_seconds += time.perf_counter() - waited
+            if item is None:
+                if micro == 0:
+                    return None
+                raise RuntimeError(f"the train loader ran out in the middle of step {step} (micro-batch {micro} of "
+                                   f"{self.accum}); it must yield --accum-steps batches per step")
+            images, target, bad = item
+            if bad:
+                bad_paths.extend(bad)
+                for path in bad:
+                    self.printer.warn(f"unreadable train image skipped: {path}")
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            target = target.to(self.device, non_blocking=True)
+            sync = self.no_sync is None or micro == self.accum - 1
+            with contextlib.nullcontext() if sync else self.no_sync():
+                with self.precision.autocast():
+                    output = self.model(images)
+                    micro_loss = self.criterion(output, target)
+                if self.hooks.active:
+                    micro_loss = self.hooks.corrupt_loss(global_step, micro_loss)
+                self.scaler.scale(micro_loss / self.accum).backward()
+            with torch.no_grad():
+                loss = loss + micro_loss.detach().float() / self.accum
+                hits += torch.stack(correct_counts(output, target)).float()
+            batch += images.shape[0]
+        self.scaler.step(self.optimizer)
+        skipped = _skipped_by_scaler(self.scaler, self.optimizer, self.device)  # read before update() forgets it
+        self.scaler.update()
+        return _Step(loss, hits, batch, data_seconds, skipped)
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     loader: Iterable, device: torch.device, epoch: int, *, precision: Precision,
                     scaler: torch.amp.GradScaler, lr_at: Callable[[int, int], float], ctx: DistContext,
@@ -249,153 +421,95 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     checkpoint); what it raises ends the epoch at once.
     """
     set_train_mode(model)
-    hooks = hooks or FaultHooks()
-    accum = config.accum_steps
-    total = start_step + (num_steps if num_steps is not None else len(loader) // accum)
+    total = start_step + (num_steps if num_steps is not None else len(loader) // config.accum_steps)
     batch_fmt = _batch_fmt(total)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    no_sync = getattr(model, "no_sync", None)  # DDP: skip the all-reduce of all but the last micro-batch
-    # [loss sum over finite steps, images of finite steps, top-1 hits, top-5 hits, non-finite steps,
-    #  steps skipped by the loss scaler]
-    stats = torch.zeros(6, device=device)
-    streak = torch.zeros((), dtype=torch.long, device=device)
-    last_step = stats
-    loss = torch.zeros((), device=device)  # the loss of the last step (mean over its effective batch)
-    finite = torch.ones((), dtype=torch.bool, device=device)
-    bad_paths: list[str] = []
-    steps = images_seen = batch = 0
-    data_seconds = 0.0
-    last_data = 0.0
+    stepper = _Stepper(model, criterion, optimizer, scaler, precision, hooks or FaultHooks(), printer, device,
+                       torch.channels_last if config.channels_last else torch.contiguous_format,
+                       config.accum_steps, getattr(model, "no_sync", None))
+    profiler = _StepProfiler(config.profile_path, _profiled_step(start_step, total, max_steps), device, printer)
+    meter = _EpochMeter(device)
     stopped = False
-    marks: dict[int, tuple[float, int]] = {}  # steps done -> (time, images) at the end of that step
-
-    synchronize(device)
-    start = time.perf_counter()
-    marks[0] = (start, 0)
-    last_print = (start, 0)
-    profiler = None
-    profile_at = _profiled_step(start_step, total, max_steps)
+    clock = _EpochClock(device)
     batches = iter(loader)
     for i in printer.bar(range(start_step, total), total - start_step, f"epoch {epoch}"):
-        hooks.before_step(ctx.rank, global_step)
+        stepper.hooks.before_step(ctx.rank, global_step)
         lr = lr_at(epoch, i)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if i == profile_at and config.profile_path is not None and not config.profile_path.exists():
-            profiler = torch.profiler.profile(record_shapes=True)
-            profiler.__enter__()
-
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.zeros((), device=device)
-        hits = torch.zeros(2, device=device)
-        batch = 0
-        last_data = 0.0
-        for micro in range(accum):
-            waited = time.perf_counter()
-            item = next(batches, None)
-            last_data += time.perf_counter() - waited
-            if item is None:
-                if micro == 0:
-                    break
-                raise RuntimeError(f"the train loader ran out in the middle of step {i} (micro-batch {micro} of "
-                                   f"{accum}); it must yield --accum-steps batches per step")
-            images, target, bad = item
-            if bad:
-                bad_paths.extend(bad)
-                for path in bad:
-                    printer.warn(f"unreadable train image skipped: {path}")
-            images = images.to(device, non_blocking=True, memory_format=memory_format)
-            target = target.to(device, non_blocking=True)
-            sync = no_sync is None or micro == accum - 1
-            with contextlib.nullcontext() if sync else no_sync():
-                with precision.autocast():
-                    output = model(images)
-                    micro_loss = criterion(output, target)
-                micro_loss = hooks.corrupt_loss(global_step, micro_loss) if hooks.active else micro_loss
-                scaler.scale(micro_loss / accum).backward()
-            with torch.no_grad():
-                loss = loss + micro_loss.detach().float() / accum
-                hits += torch.stack(correct_counts(output, target)).float()
-            batch += images.shape[0]
-        if batch == 0:  # the loader held fewer steps than expected: the epoch ends here
+        profiler.start(i)
+        step = stepper.run(batches, i, global_step, meter.bad_paths)
+        if step is None:  # the loader held fewer steps than expected: the epoch ends here
             break
-        data_seconds += last_data
-        scaler.step(optimizer)
-        skipped = _skipped_by_scaler(scaler, optimizer, device)  # read before update() forgets it
-        scaler.update()
-
-        with torch.no_grad():
-            finite = torch.isfinite(loss)
-            last_step = torch.cat([torch.stack([torch.where(finite, loss, 0.0) * batch, finite.float() * batch]),
-                                   hits, torch.stack([(~finite).float(), skipped.float()])])
-            stats += last_step
-            streak = (streak + 1) * (~finite | skipped)
-        if profiler is not None:
-            synchronize(device)
-            profiler.__exit__(None, None, None)
-            profiler.export_chrome_trace(str(config.profile_path))
-            printer.line(f"=> profile of step {i} written to '{config.profile_path}'")
-            profiler = None
-        steps += 1
+        meter.add(step)
+        profiler.stop(i)
         global_step += 1
-        images_seen += batch
         if after_step is not None:
             after_step(i + 1, global_step)
-        if steps in (1, FPS_WARMUP_STEPS):
-            synchronize(device)
-            marks[steps] = (time.perf_counter(), images_seen)
+        clock.step_done(meter.steps, meter.images)
 
-        limit_reached = max_steps is not None and steps >= max_steps
+        limit_reached = max_steps is not None and meter.steps >= max_steps
         signalled = stop is not None and stop.requested
-        is_last = i == total - 1 or limit_reached
-        if i % config.print_freq == 0 or is_last or (signalled and not ctx.distributed):
-            values = stats.tolist()
-            now = time.perf_counter()
-            warm = steady_state_window(steps)
-            step_time = (now - last_print[0]) / max(1, steps - last_print[1])
-            avg_time = (now - marks[warm][0]) / max(1, steps - warm)
-            last_print = (now, steps)
-            current = last_step.tolist()
-            printer.line("\t".join([
-                f"Epoch: [{epoch}]" + batch_fmt.format(i),
-                _meter("Time", step_time, avg_time, "6.3f"),
-                _meter("Data", last_data, data_seconds / steps, "6.3f"),
-                _meter("Loss", loss.item(), values[0] / values[1] if values[1] else float("nan"), "6.8f"),
-                _meter("Acc@1", 100.0 * current[2] / batch, 100.0 * values[2] / images_seen, "6.2f"),
-                _meter("Acc@5", 100.0 * current[3] / batch, 100.0 * values[3] / images_seen, "6.2f"),
-            ]))
-            agreed = torch.tensor([float(signalled), float(streak.item() >= config.max_nonfinite_steps),
-                                   float(len(bad_paths))], device=device)
-            all_reduce_sum(agreed, ctx)
-            check_bad_fraction("train", int(agreed[2].item()), split_size, bad_paths)
-            if agreed[1].item() > 0:
-                raise NonFiniteLossError(_too_many_bad_steps(config.max_nonfinite_steps, epoch, i,
-                                                             loss_finite=bool(finite.item())))
-            if agreed[0].item() > 0:
+        if i % config.print_freq == 0 or i == total - 1 or limit_reached or (signalled and not ctx.distributed):
+            printer.line(_progress_line(f"Epoch: [{epoch}]" + batch_fmt.format(i), step, meter, clock))
+            if _agree_to_stop(meter, signalled, config, ctx, split_size, epoch, i):
                 stopped = True
                 break
         if limit_reached:
             break
+    return _epoch_result(meter, clock, ctx, split_size, stopped, printer)
 
-    synchronize(device)
-    finish = time.perf_counter()
-    warm_steps = steady_state_window(steps)
-    warm_time, warm_images = marks[warm_steps]
-    local_rate = (images_seen - warm_images) / max(finish - warm_time, 1e-9) if steps else 0.0
-    totals = torch.cat([stats, torch.tensor([float(images_seen), float(len(bad_paths)), local_rate],
-                                            device=device)])
+
+def _progress_line(head: str, step: _Step, meter: _EpochMeter, clock: _EpochClock) -> str:
+    """Upstream's ``Epoch: [e][ i/N]\\tTime ...\\tData ...\\tLoss ...\\tAcc@1 ...\\tAcc@5 ...`` line (this rank)."""
+    running = meter.running()
+    step_time, average_time = clock.step_times(meter.steps)
+    latest = meter.latest()
+    mean_loss = running.loss_sum / running.finite_images if running.finite_images else float("nan")
+    return "\t".join([
+        head,
+        _meter("Time", step_time, average_time, "6.3f"),
+        _meter("Data", step.data_seconds, meter.data_seconds / meter.steps, "6.3f"),
+        _meter("Loss", step.loss.item(), mean_loss, "6.8f"),
+        _meter("Acc@1", 100.0 * latest.top1 / step.images, 100.0 * running.top1 / meter.images, "6.2f"),
+        _meter("Acc@5", 100.0 * latest.top5 / step.images, 100.0 * running.top5 / meter.images, "6.2f"),
+    ])
+
+
+def _agree_to_stop(meter: _EpochMeter, signalled: bool, config: TrainConfig, ctx: DistContext, split_size: int,
+                   epoch: int, step: int) -> bool:
+    """What all ranks agree on at each print: whether to stop now (a signal on any rank); raises
+    :class:`NonFiniteLossError` when any rank saw too many steps in a row that changed nothing, and ``DataError``
+    when too much of the split is unreadable."""
+    agreed = torch.tensor([float(signalled), float(meter.streak.item() >= config.max_nonfinite_steps),
+                           float(len(meter.bad_paths))], device=meter.device)
+    all_reduce_sum(agreed, ctx)
+    check_bad_fraction("train", int(agreed[2].item()), split_size, meter.bad_paths)
+    if agreed[1].item() > 0:
+        raise NonFiniteLossError(_too_many_bad_steps(config.max_nonfinite_steps, epoch, step,
+                                                     loss_finite=bool(meter.finite.item())))
+    return agreed[0].item() > 0
+
+
+def _epoch_result(meter: _EpochMeter, clock: _EpochClock, ctx: DistContext, split_size: int, stopped: bool,
+                  printer: Printer) -> EpochResult:
+    """Sum the epoch's figures over ranks into an :class:`EpochResult`, and print ``FPS@all``."""
+    seconds, local_rate = clock.finish(meter.steps, meter.images)
+    totals = torch.cat([meter.sums, torch.tensor([float(meter.images), float(len(meter.bad_paths)), local_rate],
+                                                 device=meter.device)])
     all_reduce_sum(totals, ctx)
-    loss_sum, finite_images, top1, top5, nonfinite, skipped_all, images_all, bad_all, rate = totals.tolist()
-    check_bad_fraction("train", int(bad_all), split_size, bad_paths)
+    values = totals.tolist()
+    sums = _StepSums(*values[:len(_StepSums._fields)])
+    images_all, bad_all, rate = values[len(_StepSums._fields):]
+    check_bad_fraction("train", int(bad_all), split_size, meter.bad_paths)
     result = EpochResult(
-        loss=loss_sum / finite_images if finite_images else float("nan"),
-        top1=100.0 * top1 / images_all if images_all else float("nan"),
-        top5=100.0 * top5 / images_all if images_all else float("nan"),
+        loss=sums.loss_sum / sums.finite_images if sums.finite_images else float("nan"),
+        top1=100.0 * sums.top1 / images_all if images_all else float("nan"),
+        top5=100.0 * sums.top5 / images_all if images_all else float("nan"),
         images_per_second=rate,  # every rank runs the same steps, so the global rate is the sum
-        seconds=finish - start, steps=steps, images=int(images_all), skipped_images=int(bad_all),
-        nonfinite_steps=int(nonfinite), skipped_steps=int(skipped_all) // max(1, ctx.world_size),
+        seconds=seconds, steps=meter.steps, images=int(images_all), skipped_images=int(bad_all),
+        nonfinite_steps=int(sums.nonfinite_steps), skipped_steps=int(sums.skipped_steps) // max(1, ctx.world_size),
         stopped_by_signal=stopped)
-    if steps:  # a resumed epoch whose steps were all done before has no rate to report
+    if meter.steps:  # a resumed epoch whose steps were all done before has no rate to report
         printer.line(f"{printer.npu_id} * FPS@all {result.images_per_second:.3f}")
     return result
 
