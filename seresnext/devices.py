@@ -137,6 +137,13 @@ class BFloat16Probe:
     def native(self) -> bool:
         return self.speedup >= BFLOAT16_MIN_SPEEDUP
 
+    @property
+    def measured(self) -> str:
+        """What the probe found, for the precision line and the benchmarks' machine line."""
+        if self.speedup == 0:
+            return "oneDNN has no bfloat16 kernels for this CPU: it needs AVX-512"
+        return f"a bfloat16 convolution ran {self.speedup:.2f}x as fast as float32 here"
+
 
 def _best_time(fn, repeats: int) -> float:
     best = float("inf")
@@ -277,7 +284,7 @@ def resolve_precision(device_type: str, amp: bool, opt_level: str | None = None,
     if device_type != "cpu":
         return Precision(device_type, torch.float16, loss_scale)
     probe = probe_cpu_bfloat16()
-    measured = f"a bfloat16 convolution ran {probe.speedup:.2f}x as fast as float32 here"
+    measured = probe.measured
     if probe.native:
         return Precision("cpu", torch.bfloat16, note=f"--amp: native bfloat16, {measured}", probed=True)
     return Precision("cpu", probed=True, note=f"--amp: this CPU has no native bfloat16; bfloat16 would be emulated "
