@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -130,7 +130,39 @@ def parse_aipp_config(text: str, source: str = "<config>") -> AippConfig:
     padding, dynamic mode, other input formats) and inconsistent geometry raise :class:`AippConfigError`
     naming ``source:line``.
     """
-    tokens = _tokens(text)
+    values, lines = _read_fields(_tokens(text), source)
+
+    def where(key: str) -> str:
+        return f"{source}:{lines[key]}" if key in lines else source
+
+    _check_fields(values, source, where)
+    config = AippConfig(
+        input_format=values["input_format"],
+        src_image_size_w=values.get("src_image_size_w", 0), src_image_size_h=values.get("src_image_size_h", 0),
+        crop=values.get("crop", False),
+        load_start_pos_w=values.get("load_start_pos_w", 0), load_start_pos_h=values.get("load_start_pos_h", 0),
+        crop_size_w=values.get("crop_size_w", 0), crop_size_h=values.get("crop_size_h", 0),
+        csc_switch=values.get("csc_switch", False), rbuv_swap_switch=values.get("rbuv_swap_switch", False),
+        matrix=tuple(tuple(values.get(f"matrix_r{r}c{c}", 0) for c in range(3)) for r in range(3)),
+        input_bias=tuple(values.get(f"input_bias_{i}", 0) for i in range(3)),
+        output_bias=tuple(values.get(f"output_bias_{i}", 0) for i in range(3)),
+        mean_chn=tuple(values.get(f"mean_chn_{i}", 0) for i in range(3)),
+        min_chn=tuple(values.get(f"min_chn_{i}", 0.0) for i in range(3)),
+        var_reci_chn=tuple(values.get(f"var_reci_chn_{i}", 1.0) for i in range(3)),
+        source=source)
+    _check_geometry(config, where)
+    if config.csc_switch and not np.any(np.array(config.matrix)):
+        raise AippConfigError(f"{where('csc_switch')}: csc_switch is true but every matrix_r<i>c<j> is 0")
+    if config.input_format == "YUV420SP_U8" and not config.csc_switch:
+        raise AippConfigError(f"{where('csc_switch')}: YUV420SP_U8 input without csc_switch would hand YUV to "
+                              f"an RGB model; set csc_switch : true and the YUV->RGB matrix")
+    if config.csc_switch and abs(np.linalg.det(np.array(config.matrix, dtype=np.float64))) < 1e-6:
+        raise AippConfigError(f"{where('matrix_r0c0')}: the CSC matrix is singular")
+    return config
+
+
+def _read_fields(tokens: list[tuple[str, int]], source: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """The ``aipp_op { key : value ... }`` block: each supported field's value, and the line it is on."""
     if not tokens:
         raise AippConfigError(f"{source}: empty AIPP config (expected 'aipp_op {{ ... }}')")
     position = 0
@@ -184,10 +216,11 @@ def parse_aipp_config(text: str, source: str = "<config>") -> AippConfig:
         extra, line = tokens[position]
         raise AippConfigError(f"{source}:{line}: unexpected {extra!r} after the aipp_op block "
                               f"(one model input, one aipp_op)")
+    return values, lines
 
-    def where(key: str) -> str:
-        return f"{source}:{lines[key]}" if key in lines else source
 
+def _check_fields(values: Mapping[str, Any], source: str, where: Callable[[str], str]) -> None:
+    """Each field on its own: the mode, the input, and every value within what CANN accepts."""
     mode = values.get("aipp_mode", "static")
     if mode != "static":
         raise AippConfigError(f"{where('aipp_mode')}: aipp_mode {mode!r} is not supported (static only)")
@@ -216,30 +249,6 @@ def parse_aipp_config(text: str, source: str = "<config>") -> AippConfig:
                 "crop_size_w", "crop_size_h"):
         if values.get(key, 0) < 0:
             raise AippConfigError(f"{where(key)}: {key} must not be negative")
-
-    config = AippConfig(
-        input_format=values["input_format"],
-        src_image_size_w=values.get("src_image_size_w", 0), src_image_size_h=values.get("src_image_size_h", 0),
-        crop=values.get("crop", False),
-        load_start_pos_w=values.get("load_start_pos_w", 0), load_start_pos_h=values.get("load_start_pos_h", 0),
-        crop_size_w=values.get("crop_size_w", 0), crop_size_h=values.get("crop_size_h", 0),
-        csc_switch=values.get("csc_switch", False), rbuv_swap_switch=values.get("rbuv_swap_switch", False),
-        matrix=tuple(tuple(values.get(f"matrix_r{r}c{c}", 0) for c in range(3)) for r in range(3)),
-        input_bias=tuple(values.get(f"input_bias_{i}", 0) for i in range(3)),
-        output_bias=tuple(values.get(f"output_bias_{i}", 0) for i in range(3)),
-        mean_chn=tuple(values.get(f"mean_chn_{i}", 0) for i in range(3)),
-        min_chn=tuple(values.get(f"min_chn_{i}", 0.0) for i in range(3)),
-        var_reci_chn=tuple(values.get(f"var_reci_chn_{i}", 1.0) for i in range(3)),
-        source=source)
-    _check_geometry(config, where)
-    if config.csc_switch and not np.any(np.array(config.matrix)):
-        raise AippConfigError(f"{where('csc_switch')}: csc_switch is true but every matrix_r<i>c<j> is 0")
-    if config.input_format == "YUV420SP_U8" and not config.csc_switch:
-        raise AippConfigError(f"{where('csc_switch')}: YUV420SP_U8 input without csc_switch would hand YUV to "
-                              f"an RGB model; set csc_switch : true and the YUV->RGB matrix")
-    if config.csc_switch and abs(np.linalg.det(np.array(config.matrix, dtype=np.float64))) < 1e-6:
-        raise AippConfigError(f"{where('matrix_r0c0')}: the CSC matrix is singular")
-    return config
 
 
 def _check_geometry(config: AippConfig, where) -> None:
