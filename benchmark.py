@@ -30,13 +30,15 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from os import PathLike
 
+import numpy as np
 from tqdm import tqdm
 
 from seresnext.cli import run_main
-from seresnext.formats import ais_summary_dict, ais_summary_lines, write_ais_summary
-from seresnext.runner import (RunInterrupted, RunnerError, RunnerOptions, entries_from_inputs, open_backend,
-                              pure_summary_lines, resume_line, run_dataset, run_pure_inference, summary_lines)
+from seresnext.formats import ais_summary_dict, ais_summary_lines, perf_lines, pure_infer_summary, write_ais_summary
+from seresnext.runner import (RunInterrupted, RunnerError, RunnerOptions, RunResult, entries_from_inputs,
+                              open_backend, run_dataset, run_pure_inference)
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 # The flags of each interface (argparse dests); ours (provider, threads, loaders, prefetch, progress) serve both.
@@ -251,6 +253,47 @@ def _report_failures(result, source: str | None) -> int:
         print(f"[ERROR] {len(result.failed)} image(s) failed; {result.images} processed", file=sys.stderr)
         return 1
     return 0
+
+
+# ----------------------------------------------------------------------------------------------- console
+def summary_lines(result: RunResult, batch: int) -> str:
+    """The console summary: upstream's block plus throughput and latency percentiles."""
+    stats = result.stats
+    p50, p90, p99 = _percentiles(result.batch_latencies_ms)
+    return ("-----------------Performance Summary------------------\n"
+            + perf_lines(stats, console=True)
+            + "-----------------------------------------------------------\n"
+            + f"[INFO] {result.images} images, {result.backend}\n"
+            + resume_line(result)
+            + f"[INFO] throughput: {stats.e2e_rate:.2f} images/s end to end, {stats.interface_rate:.2f} images/s "
+              f"in the model calls\n"
+            + f"[INFO] latency per batch of {batch} (ms): p50 {p50:.2f}, p90 {p90:.2f}, p99 {p99:.2f}\n")
+
+
+def resume_line(result: RunResult) -> str:
+    """The console line of a resumed run (empty when it skipped nothing)."""
+    if not result.skipped:
+        return ""
+    return (f"[INFO] resumed: {result.skipped} images skipped (their dumps were complete), {result.images} "
+            f"processed\n")
+
+
+def pure_summary_lines(rate: float, latencies: Sequence[float], path: str | PathLike, batch: int,
+                       description: str) -> str:
+    p50, p90, p99 = _percentiles(latencies)
+    return (f"[INFO] PureInfer result saved in {path}\n"
+            "-----------------PureInfer Performance Summary------------------\n"
+            f"[INFO] {pure_infer_summary(rate).replace(' = ', ': ').strip()}\n"
+            "----------------------------------------------------------------\n"
+            f"[INFO] {description}\n"
+            f"[INFO] latency per batch of {batch} (ms): p50 {p50:.2f}, p90 {p90:.2f}, p99 {p99:.2f}\n")
+
+
+def _percentiles(values_ms: Sequence[float]) -> tuple[float, float, float]:
+    if not values_ms:
+        return 0.0, 0.0, 0.0
+    p50, p90, p99 = np.percentile(np.asarray(values_ms), [50, 90, 99])
+    return float(p50), float(p90), float(p99)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from .aipp_config import (AIPP_METADATA_KEY, SUPPORTED_FORMATS, AippConfig, AippConfigError, config_from_metadata,
                           load_aipp_config, parse_aipp_config)
-from .aipp_graph import apply_aipp_reference, compile_aipp, encode_source, insert_aipp, onnx_opset
+from .aipp_graph import apply_aipp_reference, compile_aipp, insert_aipp, onnx_opset
+from .model_input import encode_source
 
 __all__ = ["AippConfigError", "AippConfig", "parse_aipp_config", "load_aipp_config", "compile_aipp",
            "insert_aipp", "config_from_metadata", "encode_source", "apply_aipp_reference", "AIPP_METADATA_KEY",

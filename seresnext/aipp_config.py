@@ -60,6 +60,12 @@ class AippConfig:
             return [batch, h * 3 // 2, w]
         return [batch, h, w, 3]
 
+    def swap_order(self) -> list[int]:
+        """The channel order after ``rbuv_swap_switch`` (U and V swapped for YUV input, R and B for RGB)."""
+        if not self.rbuv_swap_switch:
+            return [0, 1, 2]
+        return [0, 2, 1] if self.input_format == "YUV420SP_U8" else [2, 1, 0]
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

@@ -1,5 +1,5 @@
-"""The AIPP stage as ONNX operators (what ``atc`` would build), its numpy reference, and the DVPP source
-encoding the runner emulates. The stages are described in :mod:`seresnext.aipp`.
+"""The AIPP stage as ONNX operators (what ``atc`` would build) and its numpy reference. The stages are
+described in :mod:`seresnext.aipp`; the DVPP source encoding the runner emulates is in :mod:`seresnext.model_input`.
 """
 from __future__ import annotations
 
@@ -7,16 +7,10 @@ import numpy as np
 
 from .aipp_config import AIPP_METADATA_KEY, AippConfig, AippConfigError
 
-__all__ = ["compile_aipp", "insert_aipp", "encode_source", "apply_aipp_reference", "onnx_opset"]
+__all__ = ["compile_aipp", "insert_aipp", "apply_aipp_reference", "onnx_opset"]
 
 
 # ----------------------------------------------------------------------------------------------- reference
-def _swap_order(config: AippConfig) -> list[int]:
-    if not config.rbuv_swap_switch:
-        return [0, 1, 2]
-    return [0, 2, 1] if config.input_format == "YUV420SP_U8" else [2, 1, 0]
-
-
 def _unpack(config: AippConfig, source: np.ndarray) -> np.ndarray:
     """uint8 source ``[N, ...]`` -> ``[N, H, W, 3]`` (YUV420SP chroma repeated 2x2)."""
     if config.input_format == "RGB888_U8":
@@ -34,7 +28,7 @@ def apply_aipp_reference(config: AippConfig, source: np.ndarray) -> np.ndarray:
     if config.crop:
         top, left = config.load_start_pos_h, config.load_start_pos_w
         pixels = pixels[:, top:top + config.crop_size_h, left:left + config.crop_size_w]
-    pixels = pixels[..., _swap_order(config)].astype(np.int64)
+    pixels = pixels[..., config.swap_order()].astype(np.int64)
     if config.csc_switch:
         matrix = np.array(config.matrix, dtype=np.int64)
         converted = (pixels - np.array(config.input_bias)) @ matrix.T
@@ -42,44 +36,6 @@ def apply_aipp_reference(config: AippConfig, source: np.ndarray) -> np.ndarray:
     out = (pixels.astype(np.float32) - np.array(config.mean_chn, dtype=np.float32)
            - np.array(config.min_chn, dtype=np.float32)) * np.array(config.var_reci_chn, dtype=np.float32)
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32)
-
-
-# ----------------------------------------------------------------------------------------------- source encoding
-def encode_source(config: AippConfig, rgb: np.ndarray) -> np.ndarray:
-    """An RGB uint8 image ``(src_h, src_w, 3)`` -> the uint8 buffer (without batch axis) the config expects.
-
-    The inverse of the config: the CSC is undone with the inverse of its matrix (for the standard matrix
-    that is BT.601 full-range RGB->YUV), chroma is averaged over 2x2 blocks for YUV420SP, and the channels
-    are put in the order the config's swap turns back into the right one.
-    """
-    h, w = config.src_image_size_h, config.src_image_size_w
-    if rgb.shape != (h, w, 3):
-        raise ValueError(f"the image is {rgb.shape[1]}x{rgb.shape[0]}, the AIPP input is {w}x{h}")
-    order = np.argsort(_swap_order(config))  # the swap is its own inverse; argsort keeps this explicit
-    planes = rgb.transpose(2, 0, 1).astype(np.float32)  # (3, h, w)
-    if config.input_format == "RGB888_U8":
-        return np.ascontiguousarray(_undo_csc(config, planes, range(3))[order].transpose(1, 2, 0))
-    # Y at full resolution; chroma from 2x2-averaged RGB (the conversion is linear, so this equals
-    # averaging the converted chroma, at a quarter of the work).
-    luma = _undo_csc(config, planes, [0])[0]
-    blocks = (planes[:, 0::2, 0::2] + planes[:, 1::2, 0::2] + planes[:, 0::2, 1::2] + planes[:, 1::2, 1::2]) * 0.25
-    chroma = _undo_csc(config, blocks, [2, 1] if config.rbuv_swap_switch else [1, 2])  # (2, h/2, w/2)
-    return np.concatenate([luma, chroma.transpose(1, 2, 0).reshape(h // 2, w)], axis=0)
-
-
-def _undo_csc(config: AippConfig, planes: np.ndarray, rows) -> np.ndarray:
-    """Target planes ``(3, h, w)`` float32 -> the chosen planes of the pre-CSC buffer, as uint8."""
-    if not config.csc_switch:
-        return np.clip(np.rint(planes[list(rows)]), 0, 255).astype(np.uint8)
-    inverse = np.linalg.inv(np.array(config.matrix, dtype=np.float64) / 256.0).astype(np.float32)
-    targets = [planes[c] - np.float32(config.output_bias[c]) if config.output_bias[c] else planes[c]
-               for c in range(3)]
-    out = []
-    for row in rows:
-        value = (inverse[row, 0] * targets[0] + inverse[row, 1] * targets[1] + inverse[row, 2] * targets[2]
-                 + np.float32(config.input_bias[row]))
-        out.append(np.clip(np.rint(value, out=value), 0, 255, out=value).astype(np.uint8))
-    return np.stack(out)
 
 
 # ----------------------------------------------------------------------------------------------- ONNX
@@ -128,7 +84,7 @@ def compile_aipp(config: AippConfig, *, input_name: str, output_name: str, batch
                                                            np.int64)),
                                 const("crop_axes", np.array([1, 2], np.int64))], "crop")
     if config.rbuv_swap_switch:
-        pixels = node("Gather", [pixels, const("swap", np.array(_swap_order(config), np.int64))], "swap", axis=3)
+        pixels = node("Gather", [pixels, const("swap", np.array(config.swap_order(), np.int64))], "swap", axis=3)
     pixels = node("Cast", [pixels], "float", to=TensorProto.FLOAT)
     if config.csc_switch:
         pixels = node("Sub", [pixels, const("input_bias", np.array(config.input_bias, np.float32))], "csc_in")
