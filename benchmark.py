@@ -36,7 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from seresnext.cli import run_main
-from seresnext.formats import ais_summary_dict, ais_summary_lines, perf_lines, pure_infer_summary, write_ais_summary
+from seresnext.output_formats import (ais_summary_dict, ais_summary_lines, perf_lines, pure_infer_summary,
+                                     write_ais_summary)
 from seresnext.runner import (RunInterrupted, RunnerError, RunnerOptions, RunResult, entries_from_inputs,
                               open_backend, run_dataset, run_pure_inference)
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from seresnext.cli import run_main
-from seresnext.formats import write_result_json
+from seresnext.output_formats import write_result_json
 from seresnext.metric import evaluate_dumps, format_table
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from common import ROOT, machine_info, markdown_table, measure, work_dir, write_report
 
-from seresnext.formats import (perf_file_name, pure_infer_perf_file_name, read_perf_file,
-                               read_pure_infer_perf_file)
+from seresnext.output_formats import (perf_file_name, pure_infer_perf_file_name, read_perf_file,
+                                      read_pure_infer_perf_file)
 from seresnext.runner import openvino_available
 
 

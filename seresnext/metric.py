@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .formats import list_dumps, read_dump, read_val_label, result_json_dict
+from .formats import read_val_label
+from .output_formats import list_dumps, read_dump, result_json_dict
 
 __all__ = ["MetricError", "MetricResult", "evaluate_dumps", "format_table", "TOPN"]
 

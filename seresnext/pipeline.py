@@ -34,8 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .formats import (FormatError, image_stem, perf_file_name, read_perf_file, read_result_json, read_val_label,
-                      write_val_label)
+from .formats import FormatError, image_stem, read_val_label, write_val_label
+from .output_formats import perf_file_name, read_perf_file, read_result_json
 from .imagenet import LabelError, diagnose_val_labels, labels_from_class_folders
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,9 +33,10 @@ import numpy as np
 
 from .backends import (CUDA_OPTIONS, OM_HELP, PROVIDERS, AscendBackend, Backend, OpenVinoBackend, OrtBackend,
                        provider_problem)
-from .formats import (FormatError, InfoEntry, PerfStats, dump_file_name, dump_is_complete, list_dumps,
-                      parse_dump_name, perf_file_name, pure_infer_perf_file_name, pure_infer_summary, read_info,
-                      remove_temporaries, write_dump, write_perf_file, write_pure_infer_perf_file)
+from .formats import FormatError, InfoEntry, read_info, remove_temporaries
+from .output_formats import (PerfStats, dump_file_name, dump_is_complete, list_dumps, parse_dump_name, perf_file_name,
+                             pure_infer_perf_file_name, pure_infer_summary, write_dump, write_perf_file,
+                             write_pure_infer_perf_file)
 from .info import InfoError, list_files
 from .model_input import InputPlan, input_loader, plan_input
 from .runner_options import ProviderNotStarted, RunInterrupted, RunnerError, RunnerOptions

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .formats import DUMP_SUFFIX
+from .output_formats import DUMP_SUFFIX
 
 __all__ = ["RunnerError", "ProviderNotStarted", "RunInterrupted", "RunnerOptions"]
 

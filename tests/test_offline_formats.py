@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from seresnext import formats
-from seresnext.formats import FormatError, PerfStats
+from seresnext import formats, output_formats
+from seresnext.formats import FormatError
+from seresnext.output_formats import PerfStats
 
 
 def test_bin_of_the_wrong_size_names_file_and_sizes(tmp_path):
@@ -50,27 +51,27 @@ def test_malformed_val_label_names_the_line(tmp_path, text, message):
 @pytest.mark.parametrize("binary", [False, True])
 def test_dumps_round_trip_float32_exactly(tmp_path, binary):
     values = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 10
-    path = formats.write_dump(tmp_path, "ILSVRC2012_val_00000001", values, binary)
+    path = output_formats.write_dump(tmp_path, "ILSVRC2012_val_00000001", values, binary)
     assert path.name == "ILSVRC2012_val_00000001_1." + ("bin" if binary else "txt")
-    np.testing.assert_array_equal(formats.read_dump(path), values)
+    np.testing.assert_array_equal(output_formats.read_dump(path), values)
     if not binary:
         assert path.read_text().count("\n") == 1 and len(path.read_text().split()) == 1000
-    assert formats.image_name_of_dump(path.name) == "ILSVRC2012_val_00000001"
+    assert output_formats.image_name_of_dump(path.name) == "ILSVRC2012_val_00000001"
 
 
 def test_perf_file_has_upstreams_five_lines(tmp_path):
     stats = PerfStats(e2e_rate=170.628, e2e_latency_ms=293035, read_ms_per_image=5.50749,
                       preprocess_ms_per_image=5.5412, infer_stage_rate=171.595, interface_rate=247.898,
                       infer_ms_per_batch=5.12562, post_ms_per_image=5.82768)
-    path = tmp_path / formats.perf_file_name(16, 0)
+    path = tmp_path / output_formats.perf_file_name(16, 0)
     assert path.name == "perf_vision_batchsize_16_device_0.txt"
-    text = formats.write_perf_file(path, stats)
+    text = output_formats.write_perf_file(path, stats)
     assert text == ("[e2e] throughputRate: 170.628, latency: 293035\n"
                     "[data read] throughputRate: 181.571, moduleLatency: 5.50749\n"
                     "[preprocess] throughputRate: 180.466, moduleLatency: 5.5412\n"
                     "[infer] throughputRate: 171.595, Interface throughputRate: 247.898, moduleLatency: 5.12562\n"
                     "[post] throughputRate: 171.595, moduleLatency: 5.82768\n")
-    parsed = formats.read_perf_file(path)
+    parsed = output_formats.read_perf_file(path)
     assert parsed["infer"]["Interface throughputRate"] == 247.898 and parsed["e2e"]["latency"] == 293035
 
 
@@ -100,9 +101,9 @@ def test_atomic_write_that_fails_keeps_the_old_file(tmp_path):
     ("notes.txt", None, None, None),
 ])
 def test_dump_names_lose_only_their_output_suffix_and_an_image_extension(file_name, image, output, ext):
-    parsed = formats.parse_dump_name(file_name)
+    parsed = output_formats.parse_dump_name(file_name)
     if image is None:
-        assert parsed is None and formats.image_name_of_dump(file_name) is None
+        assert parsed is None and output_formats.image_name_of_dump(file_name) is None
     else:
         assert (parsed.image, parsed.output, parsed.ext) == (image, output, ext)
 
@@ -121,18 +122,18 @@ def test_image_names_keep_every_dot_but_the_extensions(file_name, stem):
 @pytest.mark.parametrize("ext", ["txt", "bin", "npy"])
 def test_a_dump_is_complete_only_with_all_its_values(tmp_path, ext):
     values = np.linspace(-3, 3, 1000, dtype=np.float32)
-    path = formats.write_dump(tmp_path, "ILSVRC2012_val_00000001", values, binary=False, ext=ext)
-    assert formats.dump_is_complete(path, 1000) and not formats.dump_is_complete(path, 1001)
+    path = output_formats.write_dump(tmp_path, "ILSVRC2012_val_00000001", values, binary=False, ext=ext)
+    assert output_formats.dump_is_complete(path, 1000) and not output_formats.dump_is_complete(path, 1001)
     data = path.read_bytes()
     for cut in (b"", data[:len(data) // 2], data[:-1]):  # what a power loss can leave under the final name
         path.write_bytes(cut)
-        assert not formats.dump_is_complete(path, 1000), cut[-20:]
-    assert not formats.dump_is_complete(tmp_path / "missing_1.txt", 1000)
+        assert not output_formats.dump_is_complete(path, 1000), cut[-20:]
+    assert not output_formats.dump_is_complete(tmp_path / "missing_1.txt", 1000)
 
 
 def test_remove_temporaries_deletes_only_the_leftovers_of_the_names_asked_for(tmp_path):
     for name in (".a_1.txt.k1ll3d_x.tmp", ".model.onnx.abcd1234.tmp", "a_1.txt", ".hidden", "b.tmp"):
         (tmp_path / name).write_text("x")
-    removed = formats.remove_temporaries(tmp_path, lambda name: formats.parse_dump_name(name) is not None)
+    removed = formats.remove_temporaries(tmp_path, lambda name: output_formats.parse_dump_name(name) is not None)
     assert [p.name for p in removed] == [".a_1.txt.k1ll3d_x.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", ".model.onnx.abcd1234.tmp", "a_1.txt", "b.tmp"]

@@ -6,7 +6,7 @@ import pytest
 
 import vision_metric_ImageNet as metric_tool
 from offline_helpers import run_tool
-from seresnext.formats import write_dump
+from seresnext.output_formats import write_dump
 
 
 def _dump(folder, name, ranking, classes=1000, binary=False):

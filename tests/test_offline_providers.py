@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 import benchmark
 from offline_helpers import run_tool
 from seresnext import build, runner
-from seresnext.formats import read_perf_file, read_pure_infer_perf_file
+from seresnext.output_formats import read_perf_file, read_pure_infer_perf_file
 
 GPU_LISTED = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 REAL_SESSION = ort.InferenceSession

@@ -23,7 +23,8 @@ from offline_helpers import (PYTHON, ROOT, STANDARD_AIPP, colour_class_image, en
 from seresnext import build, runner
 from seresnext.aipp import apply_aipp_reference, encode_source, insert_aipp, load_aipp_config
 from seresnext.export import export_onnx
-from seresnext.formats import read_dump, read_perf_file, write_bin, write_info
+from seresnext.formats import write_bin, write_info
+from seresnext.output_formats import read_dump, read_perf_file
 from seresnext.preprocess import load_rgb
 
 SIZE, SOURCE = 64, 72
