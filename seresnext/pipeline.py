@@ -20,31 +20,24 @@ interrupted one saved.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .formats import FormatError, image_stem, read_val_label, write_val_label
-from .output_formats import perf_file_name, read_perf_file, read_result_json
 from .imagenet import LabelError, diagnose_val_labels, labels_from_class_folders
+from .output_formats import perf_file_name, read_perf_file, read_result_json
+from .pipeline_job import ROOT, Job, StageError, fingerprint, run, say, why_redo, write_stamp
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "train", "export", "preprocess", "info", "build", "run_bin", "run_jpg", "metric")
 
 # The sample recipe, at low resolution so that 2 CPU cores train it in minutes (real ImageNet runs upstream's):
-# AdamW, larger random crops, 64 px, 25 epochs, validation every 5. A 20-epoch recipe starting at 48 px
-# (--progressive-sizes=48:8) cost 0.71x as much but printed 90.0 / 89.5 / 90.0 through this job on 2 threads
-# (91.5-93 on 1 thread, three seeds): too close to the 90% floor. How each candidate measured: docs/training.md.
+# AdamW, larger random crops, 64 px, 25 epochs, validation every 5. The recipes tried and measured: docs/training.md.
 SAMPLE_TRAIN = {"image_size": 64, "val_resize": 72, "epochs": 25, "batch_size": 32, "lr": 0.004,
                 "extra": ["--optimizer=adamw", "--wd=0.05", "--min-crop-scale=0.35", "--max-crop-aspect=1.67",
                           "--warmup-epochs=1", "--seed=0", "--label-smoothing=0.1", "--channels-last",
@@ -59,83 +52,6 @@ REAL_TRAIN = {
            "batch_size": 1024, "lr": 0.4, "extra": []},
 }
 TRAIN_SCRIPT = "test/train_full_1p.sh"  # the sample recipe's wrapper
-
-
-class StageError(RuntimeError):
-    """A stage failed; the message names the stage, the command and where its output is."""
-
-
-@dataclass
-class Job:
-    work: Path
-    data: Path
-    sample: bool
-    recipe: dict
-    python: str = sys.executable
-    batch: int = 16
-    results: dict = field(default_factory=dict)
-
-    @property
-    def size(self) -> int:
-        return self.recipe["image_size"]
-
-    @property
-    def resize(self) -> int:
-        return self.recipe["val_resize"]
-
-    def path(self, *parts: str) -> Path:
-        return self.work.joinpath(*parts)
-
-    @property
-    def val_flat(self) -> Path:
-        """The flat val folder: links made under the work folder, else the dataset's own ``val_flat/``."""
-        made = self.path("val_flat")
-        return made if made.is_dir() else self.data / "val_flat"
-
-    @property
-    def labels(self) -> Path:
-        """``val_label.txt`` as the data stage built it from ``val/<wnid>/``."""
-        return self.path("val_label.txt")
-
-
-def say(message: str) -> None:
-    print(f"[quickstart] {message}", flush=True)
-
-
-def run(stage: str, command: list[str], log: Path, python: str = sys.executable) -> str:
-    """Run one command, streaming its output to the terminal and to ``log``; raise StageError on failure.
-
-    ``PYTHON`` is set to ``python`` so that the shell scripts (wrappers, atc script) use this job's Python.
-    On Ctrl-C the command gets SIGINT too and is waited for (main.py saves its checkpoint), its last output
-    goes to ``log`` only, and KeyboardInterrupt is raised again.
-    """
-    say(f"{stage}: $ {' '.join(shlex.quote(str(c)) for c in command)}")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    with open(log, "w") as sink:
-        process = subprocess.Popen([str(c) for c in command], cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                   env={**os.environ, "PYTHON": python})
-        try:
-            for line in process.stdout:
-                sink.write(line)
-                lines.append(line)
-                print("    " + line, end="", flush=True)
-        except KeyboardInterrupt:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)  # a terminal sent it already; a `kill -INT` did not
-            while True:
-                try:
-                    sink.write(process.stdout.read())
-                    process.wait()
-                    break
-                except KeyboardInterrupt:  # a second Ctrl-C: the command is still saving its work
-                    continue
-            raise
-        status = process.wait()
-    if status != 0:
-        raise StageError(f"stage '{stage}' failed (exit {status}); its output is in {log}")
-    return "".join(lines)
 
 
 def stage_data(job: Job) -> None:
@@ -331,30 +247,6 @@ STAGE_FUNCTIONS: dict[str, Callable[[Job], None]] = {
 }
 
 
-# ----------------------------------------------------------------------------------------------- stamps
-def fingerprint(path: Path) -> str | None:
-    """Size and modification time of a file, or of every file under a folder (with their names), as a short
-    hash; None when missing. Cheap enough for 50,000 val images; contents are not read."""
-    if not path.exists():
-        return None
-    if path.is_file():
-        info = path.stat()
-        return f"{info.st_size}:{info.st_mtime_ns}"
-    digest = hashlib.sha256()
-    count = 0
-    for folder, dirs, files in os.walk(path, followlinks=True):
-        dirs.sort()
-        for name in sorted(files):
-            file = Path(folder, name)
-            try:
-                info = file.stat()
-            except FileNotFoundError:  # a dangling link
-                continue
-            digest.update(f"{file.relative_to(path)} {info.st_size} {info.st_mtime_ns}\n".encode())
-            count += 1
-    return f"{count} files:{digest.hexdigest()[:16]}"
-
-
 def stage_inputs(job: Job, stage: str) -> dict:
     """What a stage depends on: settings, and under ``files`` the fingerprints of the files it reads."""
     if stage == "data":
@@ -389,44 +281,6 @@ def stage_inputs(job: Job, stage: str) -> dict:
     else:
         raise KeyError(stage)
     return {**settings, "files": {name: fingerprint(path) for name, path in files.items()}}
-
-
-def _flatten(inputs: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in inputs.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _short(value) -> str:
-    """A value for the one-line reason: strings (paths) whole, lists and the like cut at 60 characters."""
-    if isinstance(value, str):
-        return value
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def why_redo(stamp: Path, inputs: dict) -> str | None:
-    """None when ``stamp`` records exactly ``inputs``; else one phrase saying what changed first."""
-    try:
-        recorded = json.loads(stamp.read_text())["inputs"]
-    except (ValueError, KeyError, TypeError):
-        return "its stamp (from an older version) records no inputs"
-    old, new = _flatten(recorded), _flatten(json.loads(json.dumps(inputs)))
-    for key in list(new) + [k for k in old if k not in new]:
-        if old.get(key) != new.get(key):
-            if key.startswith("files."):
-                name = key[len("files."):]
-                return f"{name} changed" if new.get(key) is not None else f"{name} is gone"
-            return f"{key} changed ({_short(old.get(key))} -> {_short(new.get(key))})"
-    return None
-
-
-def write_stamp(stamp: Path, inputs: dict) -> None:
-    stamp.write_text(json.dumps({"finished": time.time(), "inputs": inputs}, indent=1) + "\n")
 
 
 def read_accuracy(result_json: Path) -> dict:
