@@ -30,9 +30,10 @@ from seresnext.checkpoint import (BEST_NAME, CHECKPOINT_NAME, CheckpointError, C
 from seresnext.devices import (AMP_DTYPES, OPT_LEVELS, Precision, device_count, import_device_backend,
                                make_device, normalize_device_type, pins_memory, resolve_precision)
 from seresnext import memory
-from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DeviceListError, DistContext, LaunchPlan, PeerLostError,
-                                   agree_on_precision, any_rank, average_buffers, check_device_ids, choose_backend,
-                                   init_distributed, is_peer_failure, plan_launch, shutdown, spawn_workers, wrap_ddp)
+from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DistContext, agree_on_precision, any_rank, average_buffers,
+                                   choose_backend, init_distributed, shutdown, wrap_ddp)
+from seresnext.launch import DeviceListError, LaunchPlan, check_device_ids, plan_launch, spawn_workers
+from seresnext.peer_watch import PeerLostError, is_peer_failure
 from seresnext.errors import first_line
 from seresnext.engine import (GracefulStop, NonFiniteLossError, Printer, TrainConfig, check_finite_weights, cosine_lr,
                               evaluate, train_one_epoch)

@@ -14,7 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from seresnext.devices import Precision
-from seresnext.distributed import DistContext, PeerWatch, agree_on_precision, choose_backend, plan_launch
+from seresnext.distributed import DistContext, agree_on_precision, choose_backend
+from seresnext.launch import plan_launch
+from seresnext.peer_watch import PeerWatch
 from train_utils import ROOT, TINY, load, make_image_folder, run_script
 
 
@@ -354,7 +356,7 @@ def test_peer_watch_explains_a_failed_collective_by_the_heartbeats():
 def test_collective_errors_of_a_lost_peer_are_told_from_bugs():
     """gloo's own timeout can fire before the heartbeat watch does (a frozen peer): its error is a lost peer too,
     so the rank ends with the one line, not a traceback."""
-    from seresnext.distributed import is_peer_failure
+    from seresnext.peer_watch import is_peer_failure
     assert is_peer_failure(RuntimeError("Application timeout caused pair closure"))
     assert is_peer_failure(
         RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
