@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common import ROOT, machine_info, markdown_table, measure, work_dir, write_report
 
-from seresnext.output_formats import (perf_file_name, pure_infer_perf_file_name, read_perf_file,
+from seresnext.output_formats import (perf_file_name, pure_infer_perf_file_name, read_dump, read_perf_file,
                                       read_pure_infer_perf_file)
 from seresnext.runner import openvino_available
 
@@ -69,7 +69,7 @@ def benchmark_app_rate(model: Path, seconds: int) -> float:
 def top1_per_image(result: Path) -> dict[str, int]:
     """Top-1 class of every image from a runner result folder's text dump files."""
     import numpy as np
-    return {f.name: int(np.argmax(np.loadtxt(f, ndmin=1)))
+    return {f.name: int(np.argmax(read_dump(f)))
             for f in sorted((result / "dumpOutput_device0").glob("*.txt"))}
 
 

@@ -5,10 +5,9 @@ Every way to run (one process, ``--multiprocessing-distributed``, ``torchrun``, 
 
 The backend follows the device (hccl on npu, nccl on cuda, gloo on cpu) unless ``--dist-backend`` names one.
 
-A lost peer ends the run within a bound: the process group and its rendezvous store get ``--dist-timeout``
-(default :data:`DEFAULT_DIST_TIMEOUT`, far below gloo's 30 minutes and NCCL's 10), and a
-:class:`seresnext.peer_watch.PeerWatch` keeps a heartbeat per rank in the store, so that a rank can name the peer
-it lost and ends even where a collective would wait longer or none is running.
+The process group and its rendezvous store wait at most ``--dist-timeout`` for a peer (default
+:data:`DEFAULT_DIST_TIMEOUT`, far below gloo's 30 minutes and NCCL's 10), and each rank starts a
+:class:`seresnext.peer_watch.PeerWatch`, so that a lost peer ends the run within a bound.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Telling a lost peer from a bug: heartbeats in the rendezvous store (:class:`PeerWatch`), and what a
 collective's failure says about the process that caused it.
 
-A lost peer ends the run within a bound: the process group and its rendezvous store get ``--dist-timeout``
+A lost peer ends the run within a bound: the rendezvous store waits at most ``--dist-timeout``
 (:data:`seresnext.distributed.DEFAULT_DIST_TIMEOUT` by default), and a :class:`PeerWatch` keeps a heartbeat per
 rank in the store, so that a rank can name the peer it lost and ends even where a collective would wait longer
 or none is running.
