@@ -35,8 +35,8 @@ from seresnext.distributed import (DEFAULT_DIST_TIMEOUT, DistContext, agree_on_p
 from seresnext.launch import DeviceListError, LaunchPlan, check_device_ids, plan_launch, spawn_workers
 from seresnext.peer_watch import PeerLostError, is_peer_failure
 from seresnext.errors import first_line
-from seresnext.engine import (GracefulStop, NonFiniteLossError, Printer, TrainConfig, check_finite_weights, cosine_lr,
-                              evaluate, train_one_epoch)
+from seresnext.engine import (EpochPlan, GracefulStop, NonFiniteLossError, Printer, Runtime, TrainConfig, TrainParts,
+                              check_finite_weights, cosine_lr, evaluate, train_one_epoch)
 from seresnext.faults import FaultHooks
 from seresnext.model import se_resnext50_32x4d
 from seresnext.training_log import LOG_NAME, PLOT_NAME, append_record, drop_records_from, plot_curves, read_records
@@ -361,8 +361,9 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
 
         if args.evaluate:
             with memory.explain_out_of_memory(oom_advice, "during evaluation"):
-                evaluate(model, val_criterion, val_loader, device, precision=precision, ctx=ctx, printer=printer,
-                         print_freq=args.print_freq, split_size=len(val_set), channels_last=args.channels_last)
+                evaluate(model, val_criterion, val_loader, Runtime(device, precision, ctx, printer),
+                         TrainConfig(print_freq=args.print_freq, channels_last=args.channels_last),
+                         split_size=len(val_set))
             return 0
 
         # compile, DDP (validation and checkpoints use the plain model)
@@ -393,6 +394,8 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 memory.explain_out_of_memory(oom_advice + f"; the last checkpoint written in {output_dir} is intact "
                                              f"(continue from it with --auto-resume)", "during training"):
             hooks = FaultHooks.from_env(settle=checkpoints.wait)
+            runtime = Runtime(device, precision, ctx, printer, stop)
+            parts = TrainParts(train_model, criterion, optimizer, scaler, lr_at, hooks)
             interval = CheckpointInterval(args.checkpoint_steps, args.checkpoint_minutes * 60.0)
 
             def save(next_epoch: int, next_step: int, next_images: int, steps_done: int, is_best: bool) -> None:
@@ -438,11 +441,10 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                     printer.line(f"=> Epoch[{epoch}] training at {train_size}x{train_size} px (--progressive-sizes)")
                 train_sampler.set_position(epoch, skip_images, size=train_size)
                 printer.line(f"=> Now Epoch[{epoch}] setting lr: {lr_at(epoch, skip):.4f}")
+                plan = EpochPlan(epoch, len(train_set), start_step=skip, num_steps=steps_per_epoch - skip,
+                                 global_step=global_step, max_steps=steps_left)
                 result = train_one_epoch(
-                    train_model, criterion, optimizer, train_loader, device, epoch, precision=precision,
-                    scaler=scaler, lr_at=lr_at, ctx=ctx, config=config, printer=printer,
-                    split_size=len(train_set), start_step=skip, num_steps=steps_per_epoch - skip,
-                    global_step=global_step, max_steps=steps_left, stop=stop, hooks=hooks,
+                    parts, train_loader, plan, runtime, config,
                     after_step=functools.partial(between_steps, epoch, skip, skip_images) if ctx.is_main else None)
                 global_step += result.steps
                 steps_left = None if steps_left is None else steps_left - result.steps
@@ -453,9 +455,7 @@ def main_worker(process_index: int, args: argparse.Namespace, plan: LaunchPlan, 
                 val = None
                 due = (epoch + 1) % args.eval_freq == 0 or epoch == args.epochs - 1
                 if due and not result.stopped_by_signal:
-                    val = evaluate(model, val_criterion, val_loader, device, precision=precision, ctx=ctx,
-                                   printer=printer, print_freq=args.print_freq, split_size=len(val_set),
-                                   channels_last=args.channels_last, stop=stop)
+                    val = evaluate(model, val_criterion, val_loader, runtime, config, split_size=len(val_set))
                     val = None if val.stopped else val
                 # a signal took the validation this epoch was due: the checkpoint resumes at it
                 val_pending = due and epoch_done and val is None

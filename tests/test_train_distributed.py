@@ -67,7 +67,7 @@ def _accumulate_under_ddp(rank: int, store: str, results) -> None:
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
 
-    from seresnext.engine import Printer, TrainConfig, train_one_epoch
+    from seresnext.engine import EpochPlan, Printer, Runtime, TrainConfig, TrainParts, train_one_epoch
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     ctx = DistContext(rank=rank, world_size=2, local_rank=rank, local_world_size=2, backend="gloo")
@@ -85,10 +85,10 @@ def _accumulate_under_ddp(rank: int, store: str, results) -> None:
     loader = [(torch.randn(2, 3, 8, 8, generator=gen), torch.randint(0, 5, (2,), generator=gen), [])
               for _ in range(6)]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    result = train_one_epoch(ddp, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), 0,
-                             precision=Precision("cpu"), scaler=Precision("cpu").make_scaler(),
-                             lr_at=lambda e, s: 0.1, ctx=ctx, config=TrainConfig(print_freq=10, accum_steps=3),
-                             printer=Printer(ctx), split_size=100)
+    result = train_one_epoch(TrainParts(ddp, nn.CrossEntropyLoss(), optimizer, Precision("cpu").make_scaler(),
+                                        lambda e, s: 0.1), loader, EpochPlan(0, split_size=100),
+                             Runtime(torch.device("cpu"), Precision("cpu"), ctx, Printer(ctx)),
+                             TrainConfig(print_freq=10, accum_steps=3))
     results[rank] = (result.steps, result.images, len(calls), [p.detach().clone() for p in model.parameters()])
     dist.destroy_process_group()
 

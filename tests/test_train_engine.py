@@ -12,7 +12,8 @@ from torch import nn
 
 from seresnext.devices import Precision
 from seresnext.distributed import DistContext
-from seresnext.engine import GracefulStop, NonFiniteLossError, Printer, TrainConfig, evaluate, train_one_epoch
+from seresnext.engine import (EpochPlan, GracefulStop, NonFiniteLossError, Printer, Runtime, TrainConfig, TrainParts,
+                              evaluate, train_one_epoch)
 from seresnext.faults import FaultHooks
 from seresnext.model import se_resnext50_32x4d
 
@@ -31,13 +32,16 @@ def batches(n: int, size: int = 4) -> list:
             for _ in range(n)]
 
 
+def runtime(precision=CPU, stop=None) -> Runtime:
+    return Runtime(torch.device("cpu"), precision, DistContext(), Printer(DistContext()), stop)
+
+
 def run_epoch(model, loader, precision=CPU, hooks=None, stop=None, max_nonfinite=20, print_freq=1):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = precision.make_scaler()
-    result = train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), 0,
-                             precision=precision, scaler=scaler, lr_at=lambda e, s: 0.1, ctx=DistContext(),
-                             config=TrainConfig(print_freq=print_freq, max_nonfinite_steps=max_nonfinite),
-                             printer=Printer(DistContext()), split_size=100, hooks=hooks, stop=stop)
+    result = train_one_epoch(TrainParts(model, nn.CrossEntropyLoss(), optimizer, scaler, lambda e, s: 0.1, hooks),
+                             loader, EpochPlan(0, split_size=100), runtime(precision, stop),
+                             TrainConfig(print_freq=print_freq, max_nonfinite_steps=max_nonfinite))
     return result, scaler
 
 
@@ -87,8 +91,7 @@ def test_stop_request_ends_the_epoch_at_a_step_boundary(capsys):
 def test_validation_counts_every_image_and_prints_avg_acc(capsys):
     model = tiny_model()
     loader = batches(3, size=5) + [(torch.empty(0), torch.empty(0, dtype=torch.long), ["x.JPEG (broken)"])]
-    result = evaluate(model, nn.CrossEntropyLoss(), loader, torch.device("cpu"), precision=Precision("cpu"),
-                      ctx=DistContext(), printer=Printer(DistContext()), print_freq=1, split_size=1000)
+    result = evaluate(model, nn.CrossEntropyLoss(), loader, runtime(), TrainConfig(print_freq=1), split_size=1000)
     assert result.images == 15 and result.skipped_images == 1
     out = capsys.readouterr().out
     assert re.search(r"^Test: \[0/4\]\tTime +[\d.]+ \( *[\d.]+\)\tLoss \d\.\d{4}e[+-]\d\d", out, re.M)
@@ -126,10 +129,9 @@ def test_after_step_sees_the_position_and_what_it_raises_ends_the_epoch_after_th
 
     optimizer = torch.optim.SGD(tiny_model().parameters(), lr=0.1)
     with pytest.raises(OSError, match="No space left"):
-        train_one_epoch(tiny_model(), nn.CrossEntropyLoss(), optimizer, batches(6), torch.device("cpu"), 0,
-                        precision=Precision("cpu"), scaler=Precision("cpu").make_scaler(), lr_at=lambda e, s: 0.1,
-                        ctx=DistContext(), config=TrainConfig(print_freq=1), printer=Printer(DistContext()),
-                        split_size=100, start_step=3, num_steps=6, global_step=10, after_step=after_step)
+        train_one_epoch(TrainParts(tiny_model(), nn.CrossEntropyLoss(), optimizer, CPU.make_scaler(), lambda e, s: 0.1),
+                        batches(6), EpochPlan(0, split_size=100, start_step=3, num_steps=6, global_step=10),
+                        runtime(), TrainConfig(print_freq=1), after_step=after_step)
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch:")]
     assert calls == [(4, 11), (5, 12)] and len(progress) == 1  # step 4's line is printed after its after_step
 
@@ -137,9 +139,8 @@ def test_after_step_sees_the_position_and_what_it_raises_ends_the_epoch_after_th
 def test_stop_request_ends_validation_at_a_batch_boundary(capsys):
     with GracefulStop() as stop:
         signal.raise_signal(signal.SIGTERM)
-        result = evaluate(tiny_model(), nn.CrossEntropyLoss(), batches(4), torch.device("cpu"),
-                          precision=Precision("cpu"), ctx=DistContext(), printer=Printer(DistContext()),
-                          print_freq=1, split_size=100, stop=stop)
+        result = evaluate(tiny_model(), nn.CrossEntropyLoss(), batches(4), runtime(stop=stop),
+                          TrainConfig(print_freq=1), split_size=100)
     assert result.stopped and result.images == 0 and math.isnan(result.top1)
     out = capsys.readouterr().out
     assert "Test: [" not in out and "[AVG-ACC]" not in out
@@ -158,10 +159,9 @@ def plain_model() -> nn.Module:
 def accumulate(model, loader, accum, *, precision=CPU, scaler=None, stop=None, num_steps=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)
     scaler = scaler or precision.make_scaler()
-    result = train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), 0,
-                             precision=precision, scaler=scaler, lr_at=lambda e, s: 0.5, ctx=DistContext(),
-                             config=TrainConfig(print_freq=1, accum_steps=accum), printer=Printer(DistContext()),
-                             split_size=1000, stop=stop, num_steps=num_steps)
+    result = train_one_epoch(TrainParts(model, nn.CrossEntropyLoss(), optimizer, scaler, lambda e, s: 0.5), loader,
+                             EpochPlan(0, split_size=1000, num_steps=num_steps), runtime(precision, stop),
+                             TrainConfig(print_freq=1, accum_steps=accum))
     return result, scaler
 
 
@@ -284,11 +284,10 @@ def test_the_profiled_step_and_its_trace_export_stay_out_of_fps(tmp_path, monkey
     monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=clock))
     monkeypatch.setattr(torch.profiler, "profile", SlowExportProfile)
     model = tiny_model()
-    result = train_one_epoch(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), batches(12),
-                             torch.device("cpu"), 0, precision=Precision("cpu"), scaler=Precision("cpu").make_scaler(),
-                             lr_at=lambda e, s: 0.1, ctx=DistContext(),
-                             config=TrainConfig(print_freq=100, profile_path=tmp_path / "output.prof"),
-                             printer=Printer(DistContext()), split_size=100)
+    parts = TrainParts(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), CPU.make_scaler(),
+                       lambda e, s: 0.1)
+    result = train_one_epoch(parts, batches(12), EpochPlan(0, split_size=100), runtime(),
+                             TrainConfig(print_freq=100, profile_path=tmp_path / "output.prof"))
     out = capsys.readouterr().out
     assert f"=> profile of step 4 written to '{tmp_path / 'output.prof'}'" in out  # the last warm-up step
     # 7 steps of 4 images in the window, each a few clock ticks: thousands of images/s; with the export inside the
