@@ -4,11 +4,8 @@ Every load uses ``torch.load(..., weights_only=True)``: a checkpoint can never r
 (temporary file in the same folder, fsync, rename), so a crash mid-write never leaves a broken file.
 
 A training checkpoint (``checkpoint.pth.tar``, copied to ``model_best.pth.tar`` when top-1 improves) is a dict
-with upstream's keys ``epoch`` (the next epoch to run), ``state_dict`` (the unwrapped model, no ``module.``
-prefix), ``best_acc1`` and ``optimizer``, plus ``scaler`` (GradScaler state), ``args`` (the command line as
-plain data), ``epoch_step`` (steps of ``epoch`` already done: non-zero only when a run was interrupted
-mid-epoch), ``global_step``, ``arch``, ``num_classes``, ``classes`` (folder names, e.g. WNIDs) and
-``class_names`` (human-readable names, for demo scripts).
+whose keys :class:`TrainingCheckpoint` defines: upstream's ``epoch``, ``state_dict``, ``best_acc1`` and
+``optimizer``, plus the additions that resume a run exactly and let demo scripts name the classes.
 """
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,7 @@ from torch import nn
 from .errors import first_line
 from .formats import WriteError, atomic_write, remove_temporaries
 
-__all__ = ["CheckpointError", "load_checkpoint", "state_dict_from", "strip_module_prefix",
+__all__ = ["CheckpointError", "TrainingCheckpoint", "load_checkpoint", "state_dict_from", "strip_module_prefix",
            "load_model_weights", "apply_state_dict", "save_checkpoint", "CHECKPOINT_NAME", "BEST_NAME",
            "plain_data", "save_training_checkpoint", "CheckpointWriter",
            "load_training_checkpoint", "find_latest_checkpoint", "prepare_output_dir", "earlier_run_files",
@@ -46,6 +43,44 @@ _OPTIMIZER_FLAGS = {"weight_decay": "--wd", "momentum": "--momentum"}
 
 class CheckpointError(ValueError):
     """A weight file or checkpoint that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingCheckpoint:
+    """What a training checkpoint holds, defined once: main.py writes :meth:`to_dict`, a resume reads
+    :meth:`from_dict`, and :func:`load_training_checkpoint` requires the fields without a default (a checkpoint
+    of upstream's main.py has those too). The keys keep this order in the file."""
+
+    epoch: int  # the next epoch to run
+    epoch_step: int = 0  # steps of ``epoch`` already done: non-zero only when a run was interrupted mid-epoch
+    epoch_images: int | None = None  # samples of ``epoch`` each process has trained on (a resume at another -b)
+    images_per_step: int | None = None  # per process and optimizer step: -b x --accum-steps
+    global_step: int = 0
+    state_dict: Mapping[str, torch.Tensor]  # the unwrapped model, no ``module.`` prefix
+    best_acc1: float = 0.0
+    optimizer: Mapping[str, Any] | None = None
+    scaler: Mapping[str, Any] | None = None  # GradScaler state
+    args: Mapping[str, Any] | None = None  # the command line as plain data (:func:`plain_data`)
+    arch: str = "se_resnext50_32x4d"
+    num_classes: int | None = None
+    classes: list[str] | None = None  # folder names, e.g. WNIDs
+    class_names: list[str] | None = None  # human-readable names, for demo scripts
+
+    @classmethod
+    def required_keys(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.default is MISSING]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> TrainingCheckpoint:
+        """The fields ``obj`` holds (others keep their defaults), the positions as int and ``best_acc1`` as float."""
+        values = {f.name: obj[f.name] for f in fields(cls) if f.name in obj}
+        for name, kind in (("epoch", int), ("epoch_step", int), ("global_step", int), ("best_acc1", float)):
+            if name in values:
+                values[name] = kind(values[name])
+        return cls(**values)
 
 
 def load_checkpoint(path: str | PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -277,7 +312,7 @@ def load_training_checkpoint(path: str | PathLike, map_location: str | torch.dev
     if not isinstance(obj, Mapping) or "state_dict" not in obj:
         raise CheckpointError(f"{path}: not a training checkpoint (no 'state_dict'); a bare weight file is used "
                               f"with --pretrained, not --resume")
-    missing = [k for k in ("epoch", "state_dict") if k not in obj]
+    missing = [k for k in TrainingCheckpoint.required_keys() if k not in obj]
     if missing:
         raise CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
     return dict(obj)
