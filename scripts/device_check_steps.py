@@ -91,7 +91,7 @@ def _overflow_epoch(device_type: str, loss_scale: float | None, overflow_at: int
 
     from seresnext.devices import Precision, make_device
     from seresnext.distributed import DistContext
-    from seresnext.engine import Printer, TrainConfig, train_one_epoch
+    from seresnext.engine import EpochPlan, Printer, Runtime, TrainConfig, TrainParts, train_one_epoch
 
     device = make_device(device_type, 0)
     model = _tiny_model().to(device)
@@ -109,10 +109,11 @@ def _overflow_epoch(device_type: str, loss_scale: float | None, overflow_at: int
     scaler = precision.make_scaler()
     initial = scaler.get_scale()
     with contextlib.redirect_stdout(io.StringIO()):
-        result = train_one_epoch(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01), loader,
-                                 device, 0, precision=precision, scaler=scaler, lr_at=lambda e, s: 0.01,
-                                 ctx=DistContext(), config=TrainConfig(print_freq=100), printer=Printer(DistContext()),
-                                 split_size=100)
+        parts = TrainParts(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01), scaler,
+                           lambda e, s: 0.01)
+        result = train_one_epoch(parts, loader, EpochPlan(0, split_size=100),
+                                 Runtime(device, precision, DistContext(), Printer(DistContext())),
+                                 TrainConfig(print_freq=100))
     finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     return result, initial, scaler.get_scale(), finite
 
