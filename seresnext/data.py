@@ -32,6 +32,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .errors import first_line
 from .model import IMAGENET_MEAN, IMAGENET_STD
+from .progressive_sizes import parse_progressive_sizes, train_size_at
 
 __all__ = ["DataError", "MAX_BAD_FRACTION", "check_image_folder", "read_class_names", "train_transform",
            "val_transform", "val_sizes", "parse_progressive_sizes", "train_size_at", "RobustImageFolder",
@@ -131,37 +132,6 @@ def train_transform(image_size: int = 224, min_crop_scale: float = 0.08,
                                                             ratio=(1 / max_crop_aspect, max_crop_aspect)),
                                transforms.RandomHorizontalFlip(),
                                transforms.ToTensor(), _normalize()])
-
-
-def parse_progressive_sizes(text: str | None, image_size: int) -> tuple[tuple[int, int], ...]:
-    """``--progressive-sizes SIZE:EPOCHS[,SIZE:EPOCHS...]``: train the first EPOCHS epochs at SIZE px, the next
-    phase at the next size, and the rest at ``--image-size``. Returns ``((size, epochs), ...)``."""
-    if not text:
-        return ()
-    phases = []
-    for part in text.split(","):
-        size, _, count = part.strip().partition(":")
-        try:
-            phase = (int(size), int(count))
-        except ValueError:
-            raise ValueError(f"--progressive-sizes {text}: expected SIZE:EPOCHS[,SIZE:EPOCHS...], "
-                             f"e.g. 48:12") from None
-        if not 16 <= phase[0] <= image_size or phase[1] < 1:
-            raise ValueError(f"--progressive-sizes {text}: each SIZE must be 16..--image-size ({image_size}) and "
-                             f"each EPOCHS at least 1")
-        phases.append(phase)
-    return tuple(phases)
-
-
-def train_size_at(epoch: int, image_size: int, phases: Sequence[tuple[int, int]]) -> int:
-    """The train crop size of ``epoch`` under :func:`parse_progressive_sizes`'s phases (a pure function of the
-    epoch, so a resumed run continues the same schedule)."""
-    start = 0
-    for size, count in phases:
-        if epoch < start + count:
-            return size
-        start += count
-    return image_size
 
 
 def val_sizes(image_size: int, resize_size: int | None, crop_size: int | None) -> tuple[int, int]:

@@ -33,6 +33,9 @@ from .formats import FormatError, image_stem, read_val_label, write_val_label
 from .imagenet import LabelError, diagnose_val_labels, labels_from_class_folders
 from .output_formats import perf_file_name, read_perf_file, read_result_json
 from .pipeline_job import ROOT, Job, StageError, fingerprint, run, say, why_redo, write_stamp
+from .progressive_sizes import parse_progressive_sizes, train_size_at
+from .train_progress import EpochProgress
+from .training_log import LOG_NAME
 
 STAGES = ("data", "train", "export", "preprocess", "info", "build", "run_bin", "run_jpg", "metric")
 
@@ -142,12 +145,21 @@ def stage_train(job: Job) -> None:
     if stopped_at:  # otherwise the wrapper starts a new run over an earlier one
         say(f"train: continuing the interrupted run from its checkpoint ({stopped_at})")
         command.append("--auto-resume")
-    output = run("train", command, job.path("logs", "train.log"), job.python)
+    with EpochProgress(job.path("train", LOG_NAME), recipe["epochs"], _train_sizes(recipe), say):
+        output = run("train", command, job.path("logs", "train.log"), job.python)
     found = {k: re.findall(pattern, output) for k, pattern in
              (("fps", r"Final Performance images/sec : ([0-9.]+)"), ("acc1", r"Final Train Accuracy : ([0-9.]+)"))}
     if not (job.path("train", "model_best.pth.tar")).is_file():
         raise StageError(f"stage 'train' wrote no model_best.pth.tar in {job.path('train')}")
     job.results["train"] = {k: float(v[-1]) for k, v in found.items() if v}
+
+
+def _train_sizes(recipe: dict) -> Callable[[int], int]:
+    """Each epoch's train image size under the recipe's ``--progressive-sizes`` (none: ``image_size``)."""
+    flag = "--progressive-sizes="
+    text = next((arg[len(flag):] for arg in recipe["extra"] if arg.startswith(flag)), None)
+    phases = parse_progressive_sizes(text, recipe["image_size"])
+    return lambda epoch: train_size_at(epoch, recipe["image_size"], phases)
 
 
 def stage_export(job: Job) -> None:

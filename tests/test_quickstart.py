@@ -108,7 +108,8 @@ def test_ctrl_c_prints_one_line_and_a_rerun_continues_training_to_the_same_figur
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, out[-3000:] + err[-3000:]
     assert err == "" and out.splitlines()[-1] == "[quickstart] interrupted; run it again to continue"
-    train_output = out.split("[quickstart] train: $ ")[1].splitlines()
+    train_output = [line for line in out.split("[quickstart] train: $ ")[1].splitlines()
+                    if not line.startswith("[quickstart] train: epoch ")]  # the progress of finished epochs
     assert train_output[-2].startswith("    Se-ResNext-50-32x4d: acc run on cpu")  # nothing after it but the line
     stopped = torch.load(checkpoint, weights_only=True)
     assert (stopped["epoch"], stopped["epoch_step"]) < (3, 0)
@@ -118,6 +119,9 @@ def test_ctrl_c_prints_one_line_and_a_rerun_continues_training_to_the_same_figur
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert (f"[quickstart] train: continuing the interrupted run from its checkpoint (epoch {stopped['epoch']}, "
             f"step {stopped['epoch_step']})") in rerun.stdout
+    progress = [line for line in rerun.stdout.splitlines() if line.startswith("[quickstart] train: epoch ")]
+    assert progress and progress[-1].startswith("[quickstart] train: epoch 3/3: 32 px, ")  # the epochs it ran
+    assert len(progress) == 3 - stopped["epoch"] and "left at this speed" not in progress[-1]
 
     reference = subprocess.run([sys.executable, str(driver), "train", str(tmp_path / "reference")], cwd=ROOT,
                                env=env, capture_output=True, text=True, timeout=600)
