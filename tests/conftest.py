@@ -1,11 +1,19 @@
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]  # on sys.path through pyproject.toml's pythonpath
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+# A suite started in the background by a script (`bash scripts/test.sh &`, nohup, a CI runner without job control)
+# inherits SIGINT ignored, and so would every process the tests start: Python then raises no KeyboardInterrupt
+# and bash cannot trap INT, so the tests that Ctrl-C a job (runner, quickstart) saw it run on to the end. The
+# tests send SIGINT on purpose: give this process Python's handler, which its children get back as the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
