@@ -1,7 +1,7 @@
 """The main job's training stage, one line per finished epoch, with the time left at this speed.
 
 The launch wrappers write main.py's output to their own log (``test/output/<id>/train_<id>.log``, as upstream's
-do), so the terminal would show nothing for the whole stage: 6 minutes on a fast CPU, about 24 on an AVX2-only
+do), so the terminal would show nothing for the whole stage: 6 minutes on a fast CPU, 23 on an AVX2-only
 one. :class:`EpochProgress` follows main.py's ``train_log.jsonl`` instead and prints, for every epoch it adds::
 
     train: epoch 4/25: 64 px, 53 s, 18.7 images/s, loss 2.069; about 19 min left at this speed
