@@ -58,11 +58,24 @@ def test_offline_stages_run_the_documented_chain_and_reruns_reuse_them(tmp_path,
     assert "stage 'build' failed" in capsys.readouterr().out
 
 
-def test_sample_aipp_config_keeps_upstream_values_at_the_sample_size(tmp_path):
-    job = pipeline.Job(work=tmp_path, data=tmp_path, sample=True, recipe=dict(pipeline.SAMPLE_TRAIN))
+@pytest.mark.parametrize("resize, start", [(64, 0), (72, 4), (74, 4)])
+def test_sample_aipp_config_keeps_upstream_values_at_the_sample_size(tmp_path, resize, start):
+    """DVPP squashes to the val resize size, AIPP crops the centre (the sample recipe's 64: no crop margin;
+    crops start on even pixels for YUV420SP)."""
+    job = pipeline.Job(work=tmp_path, data=tmp_path, sample=True,
+                       recipe={**pipeline.SAMPLE_TRAIN, "val_resize": resize})
     text = pipeline.aipp_config(job).read_text()
-    assert "src_image_size_w : 72" in text and "crop_size_w : 64" in text and "load_start_pos_w : 4" in text
+    assert f"src_image_size_w : {resize}" in text and f"src_image_size_h : {resize}" in text
+    assert "crop_size_w : 64" in text and "crop_size_h : 64" in text
+    assert f"load_start_pos_w : {start}" in text and f"load_start_pos_h : {start}" in text
     assert "var_reci_chn_0: 0.0171247538316637" in text
+
+
+def test_sample_recipe_trains_small_and_validates_the_whole_image_at_the_deploy_size():
+    recipe = pipeline.SAMPLE_TRAIN
+    assert recipe["image_size"] == recipe["val_resize"] == 64  # no centre crop: the whole image, at 64 px
+    sizes = pipeline._train_sizes(recipe)
+    assert [sizes(epoch) for epoch in range(recipe["epochs"])] == [48] * 8 + [56] * 17
 
 
 # The job with a tiny recipe and a tiny sample (the real ones take minutes): `driver.py job ARGS` runs
