@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -65,9 +66,10 @@ def test_sample_aipp_config_keeps_upstream_values_at_the_sample_size(tmp_path, r
     job = pipeline.Job(work=tmp_path, data=tmp_path, sample=True,
                        recipe={**pipeline.SAMPLE_TRAIN, "val_resize": resize})
     text = pipeline.aipp_config(job).read_text()
-    assert f"src_image_size_w : {resize}" in text and f"src_image_size_h : {resize}" in text
-    assert "crop_size_w : 64" in text and "crop_size_h : 64" in text
-    assert f"load_start_pos_w : {start}" in text and f"load_start_pos_h : {start}" in text
+    values = dict(re.findall(r"^\s*(\w+)\s*:\s*(\S+)", text, re.MULTILINE))  # upstream spaces them unevenly
+    assert values["src_image_size_w"] == values["src_image_size_h"] == str(resize)
+    assert values["crop_size_w"] == values["crop_size_h"] == "64" and values["crop"] == "true"
+    assert values["load_start_pos_w"] == values["load_start_pos_h"] == str(start)
     assert "var_reci_chn_0: 0.0171247538316637" in text
 
 
