@@ -1,10 +1,10 @@
 """The main job's training stage, one line per finished epoch, with the time left at this speed.
 
 The launch wrappers write main.py's output to their own log (``test/output/<id>/train_<id>.log``, as upstream's
-do), so the terminal would show nothing for the whole stage: 6 minutes on a fast CPU, 23 on an AVX2-only
-one. :class:`EpochProgress` follows main.py's ``train_log.jsonl`` instead and prints, for every epoch it adds::
+do), so the terminal would show nothing for the whole stage: 18 minutes of the sample recipe on an AVX2-only
+CPU. :class:`EpochProgress` follows main.py's ``train_log.jsonl`` instead and prints, for every epoch it adds::
 
-    train: epoch 4/25: 64 px, 53 s, 18.7 images/s, loss 2.069; about 19 min left at this speed
+    train: epoch 4/25: 48 px, 37 s, 27.8 images/s, loss 2.073; about 15 min left at this speed
 """
 from __future__ import annotations
 
