@@ -2,7 +2,6 @@
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from offline_helpers import ROOT
 
 from senet import se_resnext50_32x4d
 from seresnext import pipeline
+from seresnext.aipp_config import load_aipp_config
 from seresnext.checkpoint import save_checkpoint
 from seresnext.sample_data import generate
 
@@ -65,12 +65,11 @@ def test_sample_aipp_config_keeps_upstream_values_at_the_sample_size(tmp_path, r
     crops start on even pixels for YUV420SP)."""
     job = pipeline.Job(work=tmp_path, data=tmp_path, sample=True,
                        recipe={**pipeline.SAMPLE_TRAIN, "val_resize": resize})
-    text = pipeline.aipp_config(job).read_text()
-    values = dict(re.findall(r"^\s*(\w+)\s*:\s*(\S+)", text, re.MULTILINE))  # upstream spaces them unevenly
-    assert values["src_image_size_w"] == values["src_image_size_h"] == str(resize)
-    assert values["crop_size_w"] == values["crop_size_h"] == "64" and values["crop"] == "true"
-    assert values["load_start_pos_w"] == values["load_start_pos_h"] == str(start)
-    assert "var_reci_chn_0: 0.0171247538316637" in text
+    config = load_aipp_config(pipeline.aipp_config(job))  # the runner's parser, which checks the crop fits
+    assert (config.src_image_size_w, config.src_image_size_h) == (resize, resize)
+    assert config.crop and (config.crop_size_w, config.crop_size_h) == (64, 64)
+    assert (config.load_start_pos_w, config.load_start_pos_h) == (start, start)
+    assert config.var_reci_chn[0] == pytest.approx(0.0171247538316637)
 
 
 def test_sample_recipe_trains_small_and_validates_the_whole_image_at_the_deploy_size():
